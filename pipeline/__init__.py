@@ -1,0 +1,1 @@
+"""lora-pipeline: Label Studio annotations to trusted LoRA adapters."""

@@ -1,0 +1,167 @@
+"""Label Studio client calls the pipeline makes, with errors that say what to fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from pipeline.labelstudio.labeling_config import (
+    CATEGORY_NAME,
+    PROMPT_NAME,
+    RESPONSE_NAME,
+    build_labeling_config,
+    check_labeling_config,
+)
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio is unreachable, rejects our token, or lacks the project; the message says the fix."""
+
+
+@dataclass(frozen=True)
+class ProjectRef:
+    """A verified project: its id, title and the categories its labeling config offers."""
+
+    id: int
+    title: str
+    categories: tuple[str, ...]
+
+
+def connect(url: str, api_key: str, *, timeout_s: float = 30.0) -> LabelStudio:
+    """A client for `url`, after checking that the server answers and accepts `api_key`."""
+    base = url.rstrip("/")
+    try:
+        r = httpx.get(f"{base}/health", timeout=min(timeout_s, 10.0))
+    except httpx.HTTPError as e:
+        raise LabelStudioError(
+            f"Label Studio at {base} does not answer ({type(e).__name__}); start it or fix LABEL_STUDIO_URL"
+        ) from None
+    if r.status_code != 200:
+        raise LabelStudioError(
+            f"{base}/health answered HTTP {r.status_code}; is LABEL_STUDIO_URL a Label Studio server?"
+        )
+    client = LabelStudio(base_url=base, api_key=api_key, timeout=timeout_s)
+    try:
+        client.users.whoami()
+    except ApiError as e:
+        if e.status_code in (401, 403):
+            raise LabelStudioError(
+                f"Label Studio at {base} rejected the API key (HTTP {e.status_code}); set LABEL_STUDIO_API_KEY "
+                "to the token shown under Account & Settings (legacy tokens must be enabled for the organization)"
+            ) from None
+        raise
+    return client
+
+
+def _project_ref(project: Any) -> ProjectRef:
+    info = check_labeling_config(project.label_config or "", project=f"Label Studio project {project.id}")
+    return ProjectRef(id=int(project.id), title=str(project.title), categories=info.categories)
+
+
+def get_project(client: LabelStudio, project_id: int) -> ProjectRef:
+    """The project with this id, with its labeling config checked."""
+    try:
+        project = client.projects.get(id=project_id)
+    except ApiError as e:
+        if e.status_code == 404:
+            raise LabelStudioError(
+                f"Label Studio project {project_id} does not exist; check labelstudio.project_id in the config "
+                "or create the project with `lora-pipeline labelstudio init`"
+            ) from None
+        raise
+    return _project_ref(project)
+
+
+def ensure_project(client: LabelStudio, title: str, categories: Sequence[str]) -> ProjectRef:
+    """The project titled `title`, created with the pipeline's labeling config if it does not exist."""
+    matches = [p for p in client.projects.list(title=title) if p.title == title]
+    if len(matches) > 1:
+        ids = sorted(int(p.id) for p in matches)
+        raise LabelStudioError(
+            f"{len(matches)} Label Studio projects are titled {title!r} (ids {ids}); "
+            "set labelstudio.project_id to pick one"
+        )
+    if matches:
+        ref = get_project(client, int(matches[0].id))
+    else:
+        created = client.projects.create(title=title, label_config=build_labeling_config(tuple(categories)))
+        ref = get_project(client, int(created.id))
+    missing = sorted(set(categories) - set(ref.categories))
+    if missing:
+        raise LabelStudioError(
+            f"Label Studio project {ref.id} ({title!r}) lacks categories {missing} that the config lists; "
+            "add them under Settings > Labeling Interface or fix labelstudio.categories"
+        )
+    return ref
+
+
+def import_tasks(
+    client: LabelStudio, project_id: int, items: Sequence[dict[str, Any]], *, batch_size: int = 500
+) -> list[int]:
+    """Import task data dicts (each holding at least `prompt`); returns the new task ids in order."""
+    for i, item in enumerate(items):
+        if not isinstance(item.get(PROMPT_NAME), str):
+            raise ValueError(f"task item {i} has no string {PROMPT_NAME!r} field: {sorted(item)}")
+    ids: list[int] = []
+    for start in range(0, len(items), batch_size):
+        batch = list(items[start : start + batch_size])
+        r = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
+        ids.extend(int(t) for t in (r.task_ids or []))
+    return ids
+
+
+def annotation_result(response: str, category: str | None) -> list[dict[str, Any]]:
+    """The `result` list an annotator's submission produces in the pipeline's labeling config."""
+    result: list[dict[str, Any]] = [
+        {
+            "from_name": RESPONSE_NAME,
+            "to_name": PROMPT_NAME,
+            "type": "textarea",
+            "value": {"text": [response]},
+        }
+    ]
+    if category is not None:
+        result.append(
+            {
+                "from_name": CATEGORY_NAME,
+                "to_name": PROMPT_NAME,
+                "type": "choices",
+                "value": {"choices": [category]},
+            }
+        )
+    return result
+
+
+def submit_annotation(
+    client: LabelStudio,
+    task_id: int,
+    response: str,
+    category: str | None,
+    *,
+    ground_truth: bool = False,
+) -> int:
+    """Submit an annotation on a task as an annotator would; returns the annotation id."""
+    ann = client.annotations.create(
+        id=task_id,
+        result=annotation_result(response, category),
+        ground_truth=ground_truth,
+        was_cancelled=False,
+    )
+    return int(ann.id)
+
+
+def skip_task(client: LabelStudio, task_id: int) -> int:
+    """Record a cancelled (skipped) annotation on a task, as the Skip button does."""
+    ann = client.annotations.create(id=task_id, result=[], was_cancelled=True)
+    return int(ann.id)
+
+
+def iter_tasks(client: LabelStudio, project_id: int, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
+    """Every task of the project with its annotations, as plain JSON dicts (paginated)."""
+    for task in client.tasks.list(project=project_id, fields="all", page_size=page_size):
+        yield task.model_dump(mode="json")

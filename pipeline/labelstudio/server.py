@@ -1,0 +1,171 @@
+"""Start and stop a local Label Studio server (its own virtualenv) for the demo and the tests."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+# Where `make install` puts the server; overridable because Label Studio pins its own Django
+# and SDK and so lives outside the main virtualenv.
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BIN = _REPO_ROOT / ".venv-labelstudio" / "bin" / "label-studio"
+
+
+class LabelStudioStartError(RuntimeError):
+    """The local Label Studio server did not come up; the message holds the tail of its log."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def find_label_studio_bin() -> Path:
+    """The `label-studio` executable: $LABEL_STUDIO_BIN, the repo's .venv-labelstudio, or PATH."""
+    env = os.environ.get("LABEL_STUDIO_BIN")
+    candidates = [Path(env)] if env else []
+    candidates.append(DEFAULT_BIN)
+    which = shutil.which("label-studio")
+    if which:
+        candidates.append(Path(which))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    raise LabelStudioStartError(
+        "label-studio executable not found (looked at $LABEL_STUDIO_BIN, "
+        f"{DEFAULT_BIN} and PATH); run `make install` to create .venv-labelstudio"
+    )
+
+
+@dataclass
+class LocalLabelStudio:
+    """A Label Studio server on loopback with a headless-bootstrapped admin user and API token.
+
+    Use as a context manager; `start()` blocks until `/health` answers UP or raises
+    `LabelStudioStartError` with the server log's tail.
+    """
+
+    data_dir: Path
+    port: int = 0
+    username: str = "admin@example.com"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    # Label Studio requires the bootstrap token to be 40 hex characters.
+    token: str = field(default_factory=lambda: secrets.token_hex(20))
+    startup_timeout_s: float = 240.0
+    executable: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.data_dir) / "label-studio.log"
+
+    def start(self) -> LocalLabelStudio:
+        """Start the server and wait until it is healthy."""
+        self.data_dir = Path(self.data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        elif _port_in_use(self.port):
+            # Label Studio would silently move to port+1; refuse instead so the URL we print is right.
+            raise LabelStudioStartError(f"port {self.port} is already in use; pick another with --port")
+        exe = self.executable or find_label_studio_bin()
+        env = {
+            **os.environ,
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+            "LABEL_STUDIO_USERNAME": self.username,
+            "LABEL_STUDIO_PASSWORD": self.password,
+            "LABEL_STUDIO_USER_TOKEN": self.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            # Webhooks to a loopback listener (feedback tests, local dev) need this off.
+            "SSRF_PROTECTION_ENABLED": "false",
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        }
+        # The server must never see our own client credentials.
+        env.pop("LABEL_STUDIO_API_KEY", None)
+        cmd = [
+            str(exe),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, start_new_session=True
+        )
+        log.close()
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise LabelStudioStartError(
+                    f"label-studio exited with code {code} before becoming healthy; log tail:\n{self._log_tail()}"
+                )
+            try:
+                r = httpx.get(f"{self.url}/health", timeout=2.0)
+                if r.status_code == 200 and r.json().get("status") == "UP":
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise LabelStudioStartError(
+            f"label-studio did not answer {self.url}/health within {self.startup_timeout_s:.0f}s; "
+            f"log tail:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop the server and every process it started."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout_s)
+
+    def __enter__(self) -> LocalLabelStudio:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

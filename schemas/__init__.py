@@ -1,0 +1,1 @@
+"""pandera schemas at the pipeline's stage boundaries."""
