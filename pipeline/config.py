@@ -86,7 +86,7 @@ class LoraConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimization knobs of the training recipe."""
 
-    learning_rate: float = Field(default=2e-3, gt=0, le=1)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=8, ge=1)
     grad_accum_steps: int = Field(default=1, ge=1)

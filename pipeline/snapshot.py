@@ -57,19 +57,22 @@ def write_snapshot(
     out_root: str | Path,
     *,
     meta: dict[str, Any],
+    report_markdown: str = "",
 ) -> Snapshot:
-    """Write `out_root/<hash12>/` with snapshot.parquet, quarantine.parquet and snapshot.json.
+    """Write `out_root/<UTC time>-<hash12>/` with snapshot.parquet, quarantine.parquet, snapshot.json and the report.
 
-    A temp dir is renamed into place, so a failure leaves no half-written snapshot; an
-    existing snapshot with the same hash is reused as is.
+    Every pull gets its own directory (its quarantine and counts are its own even when the
+    accepted rows hash the same); a temp dir is renamed into place, so a failure leaves no
+    half-written snapshot.
     """
     digest = dataset_hash(records)
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / digest[:12]
+    now = datetime.now(UTC)
+    final = root / f"{now:%Y%m%dT%H%M%S%fZ}-{digest[:12]}"
     full_meta = {
         "hash": digest,
-        "created_at": datetime.now(UTC).isoformat(),
+        "created_at": now.isoformat(),
         "rows": len(records),
         "annotation_ids": {
             str(int(t)): (None if pd.isna(a) else int(a))
@@ -77,8 +80,6 @@ def write_snapshot(
         },
         **meta,
     }
-    if final.exists():
-        return load_snapshot(final)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-snapshot-", dir=root))
     try:
         records.to_parquet(tmp / "snapshot.parquet", index=False)
@@ -86,6 +87,7 @@ def write_snapshot(
             tmp / "quarantine.parquet", index=False
         )
         (tmp / "snapshot.json").write_text(json.dumps(full_meta, indent=2, default=str))
+        (tmp / "validation_report.md").write_text(report_markdown)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

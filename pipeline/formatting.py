@@ -1,0 +1,91 @@
+"""Render PairRecords with the base model's chat template and build labels on response tokens only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from transformers import PreTrainedTokenizerBase
+
+# For base models without a chat template. Documented in docs/decisions.md; the generation prompt
+# ends in a newline so the response starts on a token boundary for byte-level BPE tokenizers.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}### {{ m['role'] | capitalize }}:\n{{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+)
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized training example; labels are IGNORE_INDEX outside the response."""
+
+    task_id: int
+    input_ids: list[int]
+    labels: list[int]
+
+
+def _messages(row: Any) -> list[dict[str, str]]:
+    msgs = []
+    system = getattr(row, "system", None)
+    if isinstance(system, str) and system:
+        msgs.append({"role": "system", "content": system})
+    prompt = row.prompt
+    context = getattr(row, "context", None)
+    if isinstance(context, str) and context:
+        prompt = f"{context}\n\n{prompt}"
+    msgs.append({"role": "user", "content": prompt})
+    return msgs
+
+
+def chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The tokenizer's own chat template, or the documented fallback."""
+    return tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else FALLBACK_CHAT_TEMPLATE
+
+
+def render(tokenizer: PreTrainedTokenizerBase, row: Any) -> tuple[str, str]:
+    """(prompt text ending with the generation prompt, full text with the response)."""
+    template = chat_template(tokenizer)
+    msgs = _messages(row)
+    prompt_text = tokenizer.apply_chat_template(
+        msgs, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    full_text = tokenizer.apply_chat_template(
+        [*msgs, {"role": "assistant", "content": row.response}], chat_template=template, tokenize=False
+    )
+    if not full_text.startswith(prompt_text):
+        raise ValueError(
+            f"task {row.task_id}: the chat template does not render the prompt as a prefix of the conversation; "
+            "response-only labels need a template where it does"
+        )
+    return prompt_text, full_text
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, row: Any) -> Example:
+    """Tokenize one record; tokens that start inside the prompt text are masked out of the loss."""
+    prompt_text, full_text = render(tokenizer, row)
+    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    cut = len(prompt_text)
+    labels = [tok if start >= cut else IGNORE_INDEX for tok, (start, _) in zip(ids, enc["offset_mapping"], strict=True)]
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)  # the model must learn where the response ends
+        labels.append(eos)
+    return Example(task_id=int(row.task_id), input_ids=ids, labels=labels)
+
+
+def build_examples(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, max_length: int) -> list[Example]:
+    """Tokenize every record; rows that are too long or have no response token stop the run by task id."""
+    examples = [encode_pair(tokenizer, row) for row in records.itertuples(index=False)]
+    too_long = [e.task_id for e in examples if len(e.input_ids) > max_length]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} examples exceed data.max_length={max_length} tokens (task ids {too_long[:20]}); "
+            "shorten them in Label Studio or raise data.max_length — rows are never truncated silently"
+        )
+    no_loss = [e.task_id for e in examples if all(label == IGNORE_INDEX for label in e.labels)]
+    if no_loss:
+        raise ValueError(f"examples with no response token to learn from (task ids {no_loss[:20]})")
+    return examples

@@ -1,0 +1,1 @@
+"""Label Studio: local server, labeling config and client calls."""
