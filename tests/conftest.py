@@ -1,0 +1,122 @@
+"""Session fixtures: the offline tiny model, a real Label Studio server, a real MLflow server, Prefect's harness."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports transformers/prefect: no hub, no telemetry, quiet pandera.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DISABLE_PANDERA_IMPORT_WARNING", "True")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from pipeline.labelstudio.server import LocalLabelStudio, free_port
+from pipeline.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's offline tiny base model, built once per session (same code as `lora-pipeline tiny-model`)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), pretrain_steps=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
+    """A real Label Studio server on loopback, started once per session (migrations take about a minute)."""
+    server = LocalLabelStudio(data_dir=tmp_path_factory.mktemp("labelstudio"))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` (sqlite backend, proxied artifacts) on loopback; yields its URL."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited early:\n{(root / 'server.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's temporary SQLite API server for the flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_records(n: int = 48, seed: int = 0) -> pd.DataFrame:
+    """PairRecords built straight from the packaged sample pairs (no Label Studio needed)."""
+    from pipeline.records import records_frame
+    from pipeline.sample_data import sample_pairs
+
+    rows = [
+        {
+            "task_id": i + 1,
+            "annotation_id": 1000 + i,
+            "project_id": 1,
+            "prompt": p["prompt"],
+            "response": p["response"],
+            "category": p["category"],
+            "annotator": "1",
+            "updated_at": "2026-01-01T00:00:00Z",
+            "ground_truth": False,
+            "system": None,
+            "context": None,
+        }
+        for i, p in enumerate(sample_pairs(n, seed=seed))
+    ]
+    return records_frame(rows)
