@@ -118,5 +118,5 @@ def test_cuda_requested_without_a_gpu_is_an_error(tiny_model_dir: Path, tmp_path
     """device=cuda on a CPU-only machine fails naming the knob instead of silently using the CPU."""
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    with pytest.raises(ValueError, match="train.device='cuda'"):
+    with pytest.raises(ValueError, match=r"train\.device='cuda'"):
         train_adapter(_config(tiny_model_dir, device="cuda"), make_records(4), pd.DataFrame(), tmp_path / "x")

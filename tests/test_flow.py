@@ -1,0 +1,143 @@
+"""The whole flow under Prefect's test harness, against real Label Studio and MLflow servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from flows.pipeline_flow import lora_pipeline_flow
+from pipeline.cli import main
+from pipeline.demo import seed_project
+from pipeline.labelstudio.client import LabelStudioError, connect
+from pipeline.labelstudio.server import LocalLabelStudio, free_port
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "flow-test"
+
+
+def _write_config(path: Path, title: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "labelstudio": {"project_title": title},
+                "lora": {"r": 4, "alpha": 8.0, "target_modules": "all-linear"},
+                "train": {"learning_rate": 5e-3, "epochs": 2, "batch_size": 8},
+                "mlflow": {"experiment": EXPERIMENT},
+            }
+        )
+    )
+    return path
+
+
+def test_flow_end_to_end_logs_a_complete_run(
+    label_studio: LocalLabelStudio,
+    mlflow_server: str,
+    prefect_harness: None,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pull -> validate -> snapshot -> train -> forgetting check -> MLflow: every named param, metric, artifact."""
+    client = connect(label_studio.url, label_studio.token)
+    categories = ("schedules", "tickets", "lost_property", "accessibility")
+    seeded = seed_project(client, "flow-e2e", categories, n=80)
+    assert seeded.imported == 80
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    cfg = _write_config(tmp_path / "cfg.yaml", "flow-e2e")
+
+    outcome = lora_pipeline_flow(config_path=str(cfg), work_dir=str(tmp_path / "work"), base_model=str(tiny_model_dir))
+
+    ml = MlflowClient(mlflow_server)
+    run = ml.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["lora_r"] == "4" and p["lora_alpha"] == "8.0" and p["lora_dropout"] == "0.05"
+    assert p["target_modules"] == "all-linear" and p["learning_rate"] == "0.005"
+    assert p["base_model"] == str(tiny_model_dir) and len(p["dataset_hash"]) == 64
+    m = run.data.metrics
+    for key in (
+        "eval_loss",
+        "forgetting_ppl_base",
+        "forgetting_ppl_adapter",
+        "forgetting_ppl_delta",
+        "forgetting_mc_acc_base",
+        "forgetting_mc_acc_adapter",
+    ):
+        assert key in m, key
+    assert m["forgetting_ppl_delta"] == pytest.approx(m["forgetting_ppl_adapter"] - m["forgetting_ppl_base"])
+    losses = ml.get_metric_history(outcome.run_id, "train_loss")
+    assert [x.step for x in losses] == list(range(1, int(m["train_steps"]) + 1))
+    assert losses[-1].value < losses[0].value
+    # Within its first 80 tasks the demo seeding plants 2 whitespace flaws + 1 blank response, 2 skips, 1 untouched.
+    assert m["data_tasks_seen"] == 80 and m["data_rows_quarantined"] == 3 and m["data_tasks_unusable"] == 3
+    assert run.data.tags["label_studio_project"] == str(seeded.project.id)
+    assert run.data.tags["prefect_flow_run_id"]
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == p["dataset_hash"][:36]
+
+    files = {f.path for d in ("adapter", "validation", "evaluation") for f in ml.list_artifacts(outcome.run_id, d)}
+    assert {
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/manifest.json",
+        "validation/validation_report.md",
+        "validation/quarantine.parquet",
+        "validation/snapshot.json",
+    } <= files
+    assert any(f.startswith("evaluation/") for f in files)
+
+    local = Path(ml.download_artifacts(outcome.run_id, "", str(tmp_path / "dl")))
+    report = (local / "validation" / "validation_report.md").read_text()
+    assert "no_surrounding_whitespace" in report and "not_empty" in report and "only_skipped" in report
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(local / "adapter"))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+    # No secret anywhere: params, tags, or any artifact file.
+    token = label_studio.token
+    assert all(token not in v for v in [*p.values(), *run.data.tags.values()])
+    for f in local.rglob("*"):
+        if f.is_file():
+            assert token.encode() not in f.read_bytes(), f
+
+
+def test_wrong_token_fails_before_training_and_logs_no_run(
+    label_studio: LocalLabelStudio,
+    mlflow_server: str,
+    prefect_harness: None,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rejected token stops the flow at the pull, with no retries and no MLflow run created."""
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "f" * 40)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    cfg = _write_config(tmp_path / "cfg.yaml", "never-created")
+    ml = MlflowClient(mlflow_server)
+    exp = ml.get_experiment_by_name(EXPERIMENT)
+    before = len(ml.search_runs([exp.experiment_id])) if exp else 0
+    with pytest.raises(LabelStudioError, match="rejected the API key"):
+        lora_pipeline_flow(config_path=str(cfg), work_dir=str(tmp_path / "w"), base_model=str(tiny_model_dir))
+    exp = ml.get_experiment_by_name(EXPERIMENT)
+    assert (len(ml.search_runs([exp.experiment_id])) if exp else 0) == before
+    assert not (tmp_path / "w" / "adapters").exists()
+
+
+def test_cli_reports_unreachable_label_studio_in_one_line(
+    prefect_harness: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`lora-pipeline run` against a dead URL exits 2 with one line naming LABEL_STUDIO_URL."""
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "a" * 40)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    code = main(["run", "--work-dir", str(tmp_path / "w"), "--base-model", str(tiny_model_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("lora-pipeline: error: Label Studio at http://127.0.0.1:")
+    assert "LABEL_STUDIO_URL" in err[-1]

@@ -1,0 +1,259 @@
+"""Tests for content-addressed snapshots (pipeline/snapshot.py) and the train/eval split (pipeline/split.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipeline.records import records_frame
+from pipeline.snapshot import dataset_hash, load_snapshot, write_snapshot
+from pipeline.split import split_train_eval
+from pipeline.validate import validate_records
+
+CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
+SEED = "3f2a9c0d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7"
+OTHER_SEED = "b1c2d3e4f5a6978812345678900abcdef0123456789abcdef0123456789abcd"
+
+
+def row(task_id: int, category: str | None = "schedules", **overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "task_id": task_id,
+        "annotation_id": 1000 + task_id,
+        "project_id": 3,
+        "prompt": f"Question {task_id}?",
+        "response": f"Answer {task_id}.",
+        "category": category,
+        "annotator": "7",
+        "updated_at": "2024-05-01T10:00:00.123456Z",
+        "ground_truth": False,
+        "system": None,
+        "context": None,
+    }
+    return {**base, **overrides}
+
+
+@pytest.fixture
+def records() -> pd.DataFrame:
+    """Six valid rows, one with system/context and one without a category."""
+    rows = [row(i, CATEGORIES[i % 4]) for i in range(1, 6)]
+    rows.append(row(6, None, system="Be brief.", context="Pier map"))
+    return records_frame(rows)
+
+
+# ---- dataset_hash ----
+
+
+def test_hash_is_deterministic(records: pd.DataFrame) -> None:
+    """The same rows hash the same, in a fresh frame too; the digest is sha256 hex."""
+    h = dataset_hash(records)
+    assert h == dataset_hash(records)
+    assert h == dataset_hash(records.copy())
+    assert len(h) == 64
+    int(h, 16)
+
+
+def test_hash_ignores_row_order_and_index(records: pd.DataFrame) -> None:
+    """Shuffled rows (and their index) give the same hash: rows are sorted by task id first."""
+    shuffled = records.sample(frac=1.0, random_state=1)
+    assert shuffled["task_id"].tolist() != records["task_id"].tolist()
+    assert dataset_hash(shuffled) == dataset_hash(records)
+    assert dataset_hash(shuffled.reset_index(drop=True)) == dataset_hash(records)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("response", "Answer 3!"), ("prompt", "Question three?"), ("category", "tickets"), ("annotation_id", 9999)],
+)
+def test_hash_changes_with_learned_content(records: pd.DataFrame, column: str, value: object) -> None:
+    """Changing what the model learns from (or which annotation won) changes the hash."""
+    changed = records.copy()
+    changed.loc[changed["task_id"] == 3, column] = value
+    assert dataset_hash(changed) != dataset_hash(records)
+
+
+def test_hash_distinguishes_missing_from_empty(records: pd.DataFrame) -> None:
+    """A missing system prompt and an empty one are different content."""
+    changed = records.copy()
+    changed.loc[changed["task_id"] == 1, "system"] = ""
+    assert dataset_hash(changed) != dataset_hash(records)
+
+
+def test_hash_ignores_bookkeeping_columns(records: pd.DataFrame) -> None:
+    """Annotator and timestamps are not learned from, so they do not change the hash."""
+    changed = records.copy()
+    changed["annotator"] = "someone else"
+    changed["updated_at"] = pd.Timestamp("2030-01-01", tz="UTC")
+    assert dataset_hash(changed) == dataset_hash(records)
+
+
+# ---- write_snapshot / load_snapshot ----
+
+
+def _write(records: pd.DataFrame, root: Path) -> Any:
+    validation = validate_records(records, CATEGORIES)
+    return write_snapshot(
+        validation.valid,
+        validation.quarantined,
+        root,
+        meta={"source": {"kind": "test", "project_id": 3}, "note": "unit test"},
+        report_markdown="# Validation report\n\nhello\n",
+    )
+
+
+def test_write_snapshot_files_and_meta(tmp_path: Path) -> None:
+    """A snapshot dir holds the parquet rows, the quarantine, snapshot.json and the report; no temp dir is left."""
+    records = records_frame([row(1), row(2, "tickets"), row(3, "ferries"), row(4, prompt=" padded")])
+    snap = _write(records, tmp_path / "snaps")
+    assert snap.path.parent == tmp_path / "snaps"
+    assert snap.path.name.endswith(snap.hash[:12])
+    names = {p.name for p in snap.path.iterdir()}
+    assert names == {"snapshot.parquet", "quarantine.parquet", "snapshot.json", "validation_report.md"}
+    assert not list((tmp_path / "snaps").glob(".tmp-snapshot-*"))
+    assert [p.name for p in (tmp_path / "snaps").iterdir()] == [snap.path.name]
+
+    meta = json.loads((snap.path / "snapshot.json").read_text())
+    assert meta["hash"] == snap.hash == dataset_hash(snap.records)
+    assert meta["rows"] == 2
+    assert meta["annotation_ids"] == {"1": 1001, "2": 1002}
+    assert meta["source"] == {"kind": "test", "project_id": 3}
+    assert meta["note"] == "unit test"
+    assert "created_at" in meta
+    assert snap.meta == meta
+
+    quarantine = pd.read_parquet(snap.path / "quarantine.parquet")
+    assert sorted(quarantine["task_id"].tolist()) == [3, 4]
+    assert set(quarantine["stage"]) == {"validate"}
+    assert (snap.path / "validation_report.md").read_text() == "# Validation report\n\nhello\n"
+
+
+def test_each_pull_gets_its_own_directory(tmp_path: Path, records: pd.DataFrame) -> None:
+    """Two snapshots of identical rows share a hash but not a directory."""
+    a = _write(records, tmp_path)
+    b = _write(records, tmp_path)
+    assert a.hash == b.hash
+    assert a.path != b.path
+    assert a.path.is_dir() and b.path.is_dir()
+
+
+def test_load_snapshot_round_trips(tmp_path: Path, records: pd.DataFrame) -> None:
+    """Loading a written snapshot gives the same hash, meta and rows."""
+    snap = _write(records, tmp_path)
+    loaded = load_snapshot(snap.path)
+    assert loaded.hash == snap.hash
+    assert loaded.meta == snap.meta
+    assert loaded.parquet_path == snap.path / "snapshot.parquet"
+    pd.testing.assert_frame_equal(loaded.records, snap.records)
+
+
+def test_load_snapshot_detects_edited_parquet(tmp_path: Path, records: pd.DataFrame) -> None:
+    """Editing the rows after the fact is caught by the content hash: ValueError mentioning 'corrupted'."""
+    snap = _write(records, tmp_path)
+    edited = pd.read_parquet(snap.parquet_path)
+    edited.loc[0, "response"] = "tampered"
+    edited.to_parquet(snap.parquet_path, index=False)
+    with pytest.raises(ValueError, match="corrupted"):
+        load_snapshot(snap.path)
+
+
+def test_load_snapshot_missing_dir(tmp_path: Path) -> None:
+    """A path that is not a snapshot directory raises FileNotFoundError."""
+    with pytest.raises(FileNotFoundError):
+        load_snapshot(tmp_path / "does-not-exist")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"snapshot\.json"):
+        load_snapshot(tmp_path / "empty")
+
+
+# ---- split_train_eval ----
+
+
+@pytest.fixture
+def split_records() -> pd.DataFrame:
+    """Uneven categories: 25/12/7/2 rows, one lone row, and 3 rows without a category."""
+    sizes = {"schedules": 25, "tickets": 12, "lost_property": 7, "accessibility": 2, "lone": 1, None: 3}
+    rows, tid = [], 1
+    for category, n in sizes.items():
+        for _ in range(n):
+            rows.append(row(tid, category))
+            tid += 1
+    # rows arrive out of task-id order, as after a merge of pages
+    return records_frame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def _ids(df: pd.DataFrame) -> list[int]:
+    return sorted(int(t) for t in df["task_id"])
+
+
+def test_split_is_deterministic_for_a_seed(split_records: pd.DataFrame) -> None:
+    """The same snapshot and seed split identically, whatever the input row order."""
+    train1, eval1 = split_train_eval(split_records, 0.2, SEED)
+    train2, eval2 = split_train_eval(split_records.iloc[::-1], 0.2, SEED)
+    assert _ids(eval1) == _ids(eval2)
+    assert _ids(train1) == _ids(train2)
+
+
+def test_split_differs_for_another_seed(split_records: pd.DataFrame) -> None:
+    """A different seed hex picks different eval rows."""
+    _, eval1 = split_train_eval(split_records, 0.2, SEED)
+    _, eval2 = split_train_eval(split_records, 0.2, OTHER_SEED)
+    assert _ids(eval1) != _ids(eval2)
+    assert len(eval1) == len(eval2)
+
+
+@pytest.mark.parametrize("eval_fraction", [0.05, 0.1, 0.2, 0.5, 0.9])
+def test_split_partitions_and_stratifies(split_records: pd.DataFrame, eval_fraction: float) -> None:
+    """Train/eval are disjoint and cover every row; each category with >=2 rows keeps >=1 row on each side
+    and its eval share is within one row of eval_fraction; a lone row stays in train."""
+    train, eval_ = split_train_eval(split_records, eval_fraction, SEED)
+    assert set(_ids(train)).isdisjoint(_ids(eval_))
+    assert sorted(_ids(train) + _ids(eval_)) == _ids(split_records)
+    assert list(train.columns) == list(split_records.columns)
+
+    key = split_records["category"].fillna("<none>")
+    for category, n in key.value_counts().items():
+        n_train = int((train["category"].fillna("<none>") == category).sum())
+        n_eval = int((eval_["category"].fillna("<none>") == category).sum())
+        assert n_train + n_eval == n
+        if n >= 2:
+            assert n_eval >= 1, category
+            assert n_train >= 1, category
+            assert abs(n_eval - n * eval_fraction) <= 1, (category, n, n_eval)
+        else:
+            assert n_eval == 0, category
+    assert abs(len(eval_) - len(split_records) * eval_fraction) <= key.nunique()
+
+
+def test_split_two_rows_gives_one_each() -> None:
+    """The smallest splittable input, two rows of one category, puts one row on each side."""
+    train, eval_ = split_train_eval(records_frame([row(1), row(2)]), 0.1, SEED)
+    assert len(train) == 1 and len(eval_) == 1
+
+
+@pytest.mark.parametrize("eval_fraction", [0.0, 1.0, -0.1, 1.5])
+def test_split_rejects_bad_fraction(split_records: pd.DataFrame, eval_fraction: float) -> None:
+    """eval_fraction outside (0, 1) raises ValueError naming the knob."""
+    with pytest.raises(ValueError, match="eval_fraction"):
+        split_train_eval(split_records, eval_fraction, SEED)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_split_rejects_fewer_than_two_rows(n: int) -> None:
+    """Fewer than two rows cannot give both a train and an eval set."""
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        split_train_eval(records_frame([row(i) for i in range(1, n + 1)]), 0.5, SEED)
+
+
+def test_split_seeded_by_snapshot_hash(split_records: pd.DataFrame) -> None:
+    """Seeding with the snapshot hash (as the pipeline does) works and is reproducible."""
+    digest = dataset_hash(split_records)
+    _, e1 = split_train_eval(split_records, 0.1, digest)
+    _, e2 = split_train_eval(split_records, 0.1, digest)
+    assert _ids(e1) == _ids(e2)
+    assert len(e1) == sum(
+        max(1, min(math.floor(n * 0.1 + 0.5), n - 1)) for n in (25, 12, 7, 2, 3)
+    )  # per category; the lone row adds nothing
