@@ -42,18 +42,20 @@ def reconcile(
     tasks_seen: int, accepted: pd.DataFrame, quarantined: pd.DataFrame, unusable: pd.DataFrame
 ) -> Reconciliation:
     """Count the buckets and fail loudly if they do not add up to the tasks seen."""
-    # A task that failed several checks is one quarantined task; rows without a task id count once each.
-    with_id = quarantined[quarantined["task_id"].notna()]
-    n_quarantined = with_id["task_id"].nunique() + int(quarantined["task_id"].isna().sum())
-    first_check = with_id.drop_duplicates("task_id")["check"].value_counts().to_dict()
-    for check, count in quarantined[quarantined["task_id"].isna()]["check"].value_counts().items():
-        first_check[check] = first_check.get(check, 0) + int(count)
+    # Normalize-stage rows are one per task (duplicated ids included: each copy is a task seen);
+    # validate-stage rows come from records with unique ids, and a task failing several checks counts once.
+    normalized = quarantined[quarantined["stage"] != "validate"]
+    validated = quarantined[quarantined["stage"] == "validate"].drop_duplicates("task_id")
+    n_quarantined = len(normalized) + len(validated)
+    by_check: dict[str, int] = {}
+    for check in [*normalized["check"], *validated["check"]]:
+        by_check[str(check)] = by_check.get(str(check), 0) + 1
     rec = Reconciliation(
         tasks_seen=tasks_seen,
         accepted=len(accepted),
         quarantined=n_quarantined,
         unusable=len(unusable),
-        quarantined_by_check={str(k): int(v) for k, v in first_check.items()},
+        quarantined_by_check=by_check,
         unusable_by_reason={str(k): int(v) for k, v in unusable["reason"].value_counts().items()},
     )
     if rec.accepted + rec.quarantined + rec.unusable != rec.tasks_seen:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -64,8 +65,26 @@ def pick_annotation(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
             return None, "only_drafts"
         return None, "no_annotation"
     pool = [a for a in submitted if a.get("ground_truth")] or submitted
-    winner = max(pool, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
+    winner = max(pool, key=lambda a: (_instant(a.get("updated_at")), _int_or_zero(a.get("id"))))
     return winner, None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _instant(value: object) -> datetime:
+    """A timestamp as an aware UTC datetime: compared as instants, not strings (".5Z" vs "Z", offsets)."""
+    if not isinstance(value, str):
+        return _EPOCH
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return _EPOCH
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _int_or_zero(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _result_value(annotation: dict[str, Any], from_name: str, key: str) -> list[Any] | None:
@@ -189,7 +208,9 @@ def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df["task_id"] = df["task_id"].astype("int64")
     df["annotation_id"] = df["annotation_id"].astype("Int64")
     df["project_id"] = df["project_id"].astype("int64")
-    df["updated_at"] = pd.to_datetime(df["updated_at"], utc=True, errors="coerce")
+    # ISO8601 per element: Label Studio omits the fraction when microseconds are 0, and offsets vary.
+    # Unparseable values become NaT and are quarantined by the schema's not_nullable check.
+    df["updated_at"] = pd.to_datetime(df["updated_at"], utc=True, errors="coerce", format="ISO8601")
     df["ground_truth"] = df["ground_truth"].astype(bool)
     for col in ("prompt", "response", "category", "annotator", "system", "context"):
         df[col] = df[col].astype(object)

@@ -151,12 +151,6 @@ def test_tie_on_updated_at_broken_by_higher_annotation_id() -> None:
         assert only_record(normalize_tasks([task(1, order)]))["annotation_id"] == 45
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pick_annotation compares updated_at as strings, so a timestamp without fractional "
-    "seconds ('...10:00:00Z', as Django emits when microseconds are 0) sorts after a later one with "
-    "them ('...10:00:00.500000Z'), and offsets other than Z are compared textually",
-)
 @pytest.mark.parametrize(
     ("older", "newer"),
     [
@@ -171,12 +165,6 @@ def test_most_recent_wins_across_timestamp_formats(older: str, newer: str) -> No
     assert only_record(normalize_tasks([task(1, anns)]))["annotation_id"] == 50
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: records_frame parses updated_at with pd.to_datetime(errors='coerce') and no format, so "
-    "pandas infers the format from the first row and turns differently formatted (valid ISO 8601) "
-    "timestamps into NaT; those rows then fail validation as updated_at:not_nullable",
-)
 def test_mixed_timestamp_formats_all_parse() -> None:
     """Every valid ISO 8601 updated_at parses, whatever the format of the other rows in the pull."""
     tasks = [

@@ -215,12 +215,6 @@ def test_task_failing_two_checks_counts_once() -> None:
     assert sum(rec.quarantined_by_check.values()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: reconcile counts quarantined tasks by unique task_id, so a duplicated task id whose first "
-    "copy was also quarantined (by normalize or validate) is counted once for two tasks seen and the pull "
-    "raises ReconciliationError although every task was accounted for",
-)
 @pytest.mark.parametrize("first_prompt", [None, " padded"], ids=["first-copy-normalize", "first-copy-validate"])
 def test_reconcile_duplicate_task_whose_first_copy_was_quarantined(first_prompt: str | None) -> None:
     """Two tasks with the same id, both quarantined (first for its content, second as a duplicate), reconcile."""
