@@ -60,7 +60,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"adapter:       {out['adapter_dir']}")
     print(f"snapshot:      {out['snapshot_dir']}")
     print(f"open the UI:   {out['mlflow_ui']}  (then http://127.0.0.1:5000)")
-    print(f"Label Studio login for `make demo` reruns: {out['labelstudio_credentials']}")
+    print(f"Label Studio login (the demo starts and stops its server): {out['labelstudio_credentials']}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,12 @@ def _credentials(path: Path) -> dict[str, str]:
 
 def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
     """Run the whole pipeline offline under `demo_dir`; returns what the CLI prints."""
-    from flows.pipeline_flow import lora_pipeline_flow
-
     root = Path(demo_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    # Keep Prefect's embedded API database with the rest of the demo, unless the user chose a home.
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    from flows.pipeline_flow import lora_pipeline_flow
+
     model_dir = root / "tiny-model"
     if not (model_dir / "config.json").is_file():
         print(f"building the tiny base model offline in {model_dir} ...")
@@ -120,6 +123,6 @@ def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
         "snapshot_dir": outcome.snapshot_dir,
         "reconciliation": outcome.reconciliation_table,
         "tracking_uri": tracking_uri,
-        "mlflow_ui": f"mlflow ui --backend-store-uri {tracking_uri}",
+        "mlflow_ui": f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri}",
         "labelstudio_credentials": str(root / "labelstudio" / "credentials.json"),
     }
