@@ -13,9 +13,12 @@ from prefect.tasks import Task, exponential_backoff
 
 from pipeline import tracking
 from pipeline.config import PipelineConfig, Settings
-from pipeline.evaluate import ForgettingReport, evaluate_saved_adapter
+from pipeline.drift import latest_snapshot
 from pipeline.ingest import PreparedDataset, Pull, prepare_dataset, pull_project
 from pipeline.labelstudio.client import LabelStudioError
+from pipeline.promotion import Assessment, assess_adapter, promote, write_artifacts
+from pipeline.report import validation_summary
+from pipeline.snapshot import load_snapshot
 from pipeline.split import split_train_eval
 from pipeline.train import TrainResult, train_adapter
 
@@ -32,31 +35,63 @@ def _retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient)
-def pull_annotations(config: PipelineConfig) -> Pull:
-    """Pull every task of the configured Label Studio project."""
-    pull = pull_project(Settings(), config.labelstudio)
+def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, full: bool = False) -> Pull:
+    """Pull the configured Label Studio project (incrementally from the last snapshot under `snapshots_root`)."""
+    pull = pull_project(Settings(), config.labelstudio, snapshots_root=snapshots_root, full=full)
     get_run_logger().info(
-        "pulled %d tasks from Label Studio project %d (%s)",
+        "pulled %d tasks from Label Studio project %d (%s): %s pull, %s changed, %s deleted",
         pull.normalized.tasks_seen,
         pull.project.id,
         pull.project.title,
+        pull.source.get("mode"),
+        pull.source.get("tasks_changed"),
+        pull.source.get("tasks_deleted"),
     )
     return pull
 
 
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient)
+def send_annotator_feedback(config: PipelineConfig, pull: Pull, prepared: PreparedDataset) -> None:
+    """Mark tasks that failed a check in Label Studio (task meta + the "needs fix" view); clear fixed ones."""
+    from pipeline.feedback import feedback_for_snapshot
+
+    if not config.labelstudio.feedback:
+        return
+    result = feedback_for_snapshot(Settings(), config.labelstudio, pull.project.id, prepared.snapshot.path)
+    get_run_logger().info("feedback to annotators: %s", result.as_dict())
+
+
+# Prefect table artifacts are for reading in the UI; the full table is failures.parquet in the snapshot.
+_ARTIFACT_MAX_ROWS = 1000
+
+
 @task
-def validate_and_snapshot(pull: Pull, snapshots_root: str) -> PreparedDataset:
-    """Validate, reconcile and snapshot; publishes the reconciliation and failures as Prefect artifacts."""
-    prepared = prepare_dataset(pull, snapshots_root)
-    rec = prepared.reconciliation
-    get_run_logger().info("reconciliation:\n%s", rec.table())
+def validate_and_snapshot(pull: Pull, snapshots_root: str, config: PipelineConfig) -> PreparedDataset:
+    """Validate, reconcile and snapshot; publish the report and the failure table (see stop_on_validation_errors)."""
+    previous_dir = latest_snapshot(snapshots_root)
+    previous = load_snapshot(previous_dir) if previous_dir is not None else None
+    prepared = prepare_dataset(pull, snapshots_root, config, previous)
+    logger = get_run_logger()
+    logger.info("reconciliation:\n%s", prepared.reconciliation.table())
+    logger.info("validation:\n%s", validation_summary(prepared.validation))
     report = (prepared.snapshot.path / "validation_report.md").read_text()
     create_markdown_artifact(report, key="validation-report", description="pandera checks and reconciliation")
-    failures = prepared.snapshot.path / "quarantine.parquet"
-    rows = pd.read_parquet(failures).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+    failures = pd.read_parquet(prepared.snapshot.path / "failures.parquet")
+    rows = failures.head(_ARTIFACT_MAX_ROWS).astype(object).where(lambda d: d.notna(), None).to_dict("records")
     if rows:
-        create_table_artifact(rows, key="quarantined-rows", description="rows sent back to annotators")
+        create_table_artifact(
+            rows,
+            key="validation-failures",
+            description=f"{len(failures)} failures (first {len(rows)} shown); full table: failures.parquet",
+        )
     return prepared
+
+
+@task
+def stop_on_validation_errors(prepared: PreparedDataset) -> None:
+    """Checks with policy `error` stop the flow here: after annotators got their feedback, before an MLflow
+    run is opened or anything is trained."""
+    prepared.validation.raise_for_errors()
 
 
 @task
@@ -85,7 +120,12 @@ def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapte
     """Split the snapshot and train the adapter, streaming step metrics to the MLflow run."""
     settings = Settings()
     snapshot = prepared.snapshot
-    train_df, eval_df = split_train_eval(snapshot.records, config.data.eval_fraction, snapshot.hash)
+    train_df, eval_df = split_train_eval(
+        snapshot.records,
+        config.data.eval_fraction,
+        snapshot.hash,
+        near_duplicate_threshold=config.validation.near_duplicate_threshold,
+    )
     out = Path(adapters_root) / run_id
     result = train_adapter(
         config,
@@ -104,31 +144,51 @@ def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapte
             "train_steps": result.steps,
             "train_wall_time_s": result.wall_time_s,
             "trainable_params": result.trainable_params,
-            "trainable_share": result.trainable_params / result.total_params,
+            "trainable_share": result.trainable_share,
+            "train_tokens_per_s": result.tokens_per_s,
+            "train_peak_memory_bytes": result.peak_memory_bytes,
+            "adapter_bytes": result.adapter_bytes,
+            **({"train_mfu": result.mfu} if result.mfu is not None else {}),
         },
     )
     return result
 
 
 @task
-def evaluate(config: PipelineConfig, result: TrainResult, run_id: str) -> ForgettingReport:
-    """Forgetting check on the saved adapter; logs metrics, the per-item scores and the adapter itself."""
+def evaluate(config: PipelineConfig, result: TrainResult, prepared: PreparedDataset, run_id: str) -> Assessment:
+    """Forgetting check, task evaluation and gate verdict on the saved adapter; logs metrics, the report,
+    per-item scores, the side-by-side table, plots and the adapter itself."""
     settings = Settings()
-    report = evaluate_saved_adapter(config, result.adapter_dir)
-    tracking.log_metrics(settings.mlflow_tracking_uri, run_id, report.metrics())
-    scores = report.write(result.adapter_dir.parent / f"{run_id}-forgetting.json")
-    tracking.log_artifact(settings.mlflow_tracking_uri, run_id, scores, "evaluation")
-    tracking.log_artifacts(settings.mlflow_tracking_uri, run_id, result.adapter_dir, "adapter")
-    m = report.metrics()
-    create_markdown_artifact(
-        "# Forgetting check\n\n| metric | base | adapter | delta |\n|---|---|---|---|\n"
-        f"| perplexity | {m['forgetting_ppl_base']:.3f} | {m['forgetting_ppl_adapter']:.3f} | "
-        f"{m['forgetting_ppl_delta']:+.3f} |\n"
-        f"| multiple-choice accuracy | {m['forgetting_mc_acc_base']:.3f} | {m['forgetting_mc_acc_adapter']:.3f} | "
-        f"{m['forgetting_mc_acc_delta']:+.3f} |\n",
-        key="forgetting-check",
+    uri = settings.mlflow_tracking_uri
+    snapshot = prepared.snapshot
+    _, eval_df = split_train_eval(
+        snapshot.records,
+        config.data.eval_fraction,
+        snapshot.hash,
+        near_duplicate_threshold=config.validation.near_duplicate_threshold,
     )
-    return report
+    assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri)
+    tracking.log_metrics(uri, run_id, assessment.metrics())
+    out = write_artifacts(assessment, result.history, result.adapter_dir.parent / f"{run_id}-evaluation")
+    tracking.log_artifacts(uri, run_id, out, "evaluation")
+    tracking.log_table(uri, run_id, assessment.task.side_by_side, "evaluation/side_by_side_table.json")
+    tracking.log_artifacts(uri, run_id, result.adapter_dir, "adapter")
+    create_markdown_artifact(assessment.report_markdown(), key="promotion-gate", description="gate verdict")
+    verdict = assessment.verdict
+    get_run_logger().info("gate %s", "passed" if verdict.passed else f"failed: {verdict.failed_rules}")
+    return assessment
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient)
+def promote_adapter(config: PipelineConfig, result: TrainResult, assessment: Assessment, run_id: str) -> str | None:
+    """Register a passing adapter in the MLflow registry under its alias; returns the version (None: gate failed)."""
+    uri = Settings().mlflow_tracking_uri
+    version = promote(config, result.adapter_dir, assessment, tracking_uri=uri, run_id=run_id)
+    if version is None:
+        return None
+    tracking.log_metrics(uri, run_id, {"registered_version": float(version.version)})
+    get_run_logger().info("registered %s version %s with aliases %s", version.name, version.version, version.aliases)
+    return str(version.version)
 
 
 @task

@@ -35,6 +35,21 @@ class LabelStudioConfig(_Strict):
     categories: tuple[str, ...] = ("schedules", "tickets", "lost_property", "accessibility")
     page_size: int = Field(default=100, ge=1, le=1000)
     timeout_s: float = Field(default=30.0, gt=0)
+    # Tasks per export request of a full pull; Django refuses more than 1000 query fields.
+    export_chunk_size: int = Field(default=900, ge=1, le=900)
+    # Concurrent requests of a full pull (chunks are fetched in parallel, kept in id order).
+    workers: int = Field(default=2, ge=1, le=16)
+    # Retries per request on 429, 5xx and dropped connections, with exponential backoff from backoff_s.
+    retries: int = Field(default=5, ge=0, le=20)
+    backoff_s: float = Field(default=0.5, ge=0)
+    # Which annotation wins per task: ground truth, else `latest` submitted, or the `majority` category.
+    annotation_rule: Literal["latest", "majority"] = "latest"
+    # Fetch only tasks updated since the last snapshot's watermark (minus the overlap); --full ignores it.
+    incremental: bool = True
+    watermark_overlap_s: float = Field(default=2.0, ge=0)
+    # Mark tasks that failed validation in Label Studio (task meta + a saved view with this title).
+    feedback: bool = True
+    feedback_view: str = "needs fix"
 
     @field_validator("categories")
     @classmethod
@@ -63,6 +78,12 @@ class LoraConfig(_Strict):
     dropout: float = Field(default=0.05, ge=0, lt=1)
     # A preset name (`qv`, `all-linear`) or an explicit list of module names.
     target_modules: str | tuple[str, ...] = "qv"
+    # DoRA: learn a magnitude vector per output feature on top of the low-rank direction update.
+    use_dora: bool = False
+    # rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r (stable at high ranks).
+    use_rslora: bool = False
+    # QLoRA: "nf4" loads the frozen base in 4-bit NF4 via bitsandbytes (CUDA only); "none" keeps it in bf16/fp32.
+    quantize: Literal["none", "nf4"] = "none"
 
     @field_validator("target_modules")
     @classmethod
@@ -98,6 +119,17 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Stop after this many optimizer steps (None: run all epochs); handy for smoke runs.
     max_steps: int | None = Field(default=None, ge=1)
+    # Pack each micro-batch's examples into rows (attention and positions stay inside each example)
+    # instead of padding every example to the longest one.
+    packing: bool = True
+    # Recompute activations in the backward pass: less memory, about a third more compute.
+    gradient_checkpointing: bool = False
+    # Save adapter + optimizer + scheduler + RNG + data position every N optimizer steps (None: never).
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    # How many of the most recent checkpoints to keep on disk.
+    keep_checkpoints: int = Field(default=2, ge=1)
+    # Held-out loss every N optimizer steps (None: only at the end of each epoch).
+    eval_every_steps: int | None = Field(default=None, ge=1)
 
 
 class EvalConfig(_Strict):
@@ -106,6 +138,118 @@ class EvalConfig(_Strict):
     # None: the built-in general suite packaged with the project; else a directory with the same files.
     general_suite: str | None = None
     batch_size: int = Field(default=16, ge=1)
+    # lm-evaluation-harness tasks for the forgetting check: the built-in suite's tasks (offline) and/or
+    # any standard task name (hellaswag, arc_easy, mmlu, ...; those need the dataset hub).
+    tasks: tuple[str, ...] = ("general_suite_mc", "general_suite_ppl")
+    num_fewshot: int = Field(default=0, ge=0)
+    # Cap documents per task (None: all); standard tasks can have tens of thousands.
+    limit: int | None = Field(default=None, ge=1)
+    # Paired bootstrap on every adapter-minus-base delta.
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 0
+    # Held-out examples whose greedy generations are scored (exact match, ROUGE-L) and shown side by side.
+    generation_samples: int = Field(default=8, ge=0)
+    max_new_tokens: int = Field(default=48, ge=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"eval.tasks must list at least one task, without duplicates; got {list(v)}")
+        return v
+
+
+class GateConfig(_Strict):
+    """Promotion rules: an adapter is registered only if every enabled rule passes (bounds, not point estimates)."""
+
+    # The held-out loss improvement (base - adapter) must have its lower confidence bound above this.
+    min_task_improvement: float = 0.0
+    # Accuracy may drop at most this many points (0-100 scale) at the interval's pessimistic bound.
+    max_accuracy_drop_points: float = Field(default=2.0, ge=0)
+    # Perplexity may rise at most this share (0.05 = 5%) at the interval's pessimistic bound.
+    max_perplexity_increase: float = Field(default=0.05, ge=0)
+    # The adapter's held-out loss must be below the current `champion` alias's (when one exists).
+    beat_champion: bool = True
+    # Registered model name in the MLflow registry.
+    registered_model: str = "lora-adapter"
+    # True: a passing adapter gets the `champion` alias straight away; False: `candidate`.
+    auto_promote: bool = False
+
+
+Policy = Literal["error", "quarantine", "warn"]
+
+# What each validation rule does when it fails (rule names as in schemas/ and pipeline/dataset_checks.py):
+# error stops the flow before training, quarantine drops the rows (kept with reasons), warn only reports.
+DEFAULT_POLICIES: dict[str, Policy] = {
+    "not_empty": "quarantine",
+    "no_surrounding_whitespace": "quarantine",
+    "no_doubled_whitespace": "quarantine",
+    "balanced_markup": "quarantine",
+    "known_markup_tags": "warn",
+    "no_template_placeholder": "quarantine",
+    "no_control_characters": "quarantine",
+    "no_mojibake": "quarantine",
+    "response_not_echo": "quarantine",
+    "within_max_length": "quarantine",
+    "response_min_tokens": "quarantine",
+    "category_in_project_choices": "quarantine",
+    "script_matches_language": "warn",
+    "min_dataset_size": "error",
+    "category_max_share": "error",
+    "category_min_rows": "error",
+    "no_duplicate_prompts": "quarantine",
+    "no_near_duplicate_prompts": "warn",
+    "no_train_eval_leakage": "error",
+    "drift_category_shares": "warn",
+    "drift_length": "warn",
+    "drift_vocabulary": "warn",
+}
+
+
+class ValidationConfig(_Strict):
+    """Row and dataset checks: thresholds and what each failing check does (see DEFAULT_POLICIES)."""
+
+    # Overrides of DEFAULT_POLICIES by rule name, e.g. {no_near_duplicate_prompts: quarantine}.
+    policies: dict[str, Policy] = Field(default_factory=dict)
+    # Responses with fewer tokens than this (base-model tokens, EOS included) teach nothing.
+    min_response_tokens: int = Field(default=1, ge=0)
+    # Markup tags a response may use; any other <tag> is reported by known_markup_tags.
+    allowed_tags: tuple[str, ...] = ()
+    # Declared script of prompts and responses (latin, cyrillic, greek, arabic, hebrew, han,
+    # devanagari); None skips script_matches_language.
+    script: str | None = None
+    min_script_share: float = Field(default=0.8, gt=0, le=1)
+    min_rows: int = Field(default=50, ge=0)
+    max_category_share: float = Field(default=0.6, gt=0, le=1)
+    min_rows_per_category: int = Field(default=5, ge=0)
+    # Word 3-shingle Jaccard (MinHash estimate) at or above which two prompts are near-duplicates.
+    near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)
+    # Drift against the previous snapshot: total variation distance of category shares,
+    # Kolmogorov-Smirnov statistic of response lengths, share of words never seen before.
+    max_category_drift: float = Field(default=0.15, gt=0, le=1)
+    max_length_drift: float = Field(default=0.25, gt=0, le=1)
+    max_new_vocabulary: float = Field(default=0.3, gt=0, le=1)
+
+    @field_validator("policies")
+    @classmethod
+    def _known_rules(cls, v: dict[str, Policy]) -> dict[str, Policy]:
+        unknown = sorted(set(v) - set(DEFAULT_POLICIES))
+        if unknown:
+            raise ValueError(f"validation.policies names unknown checks {unknown}; known: {sorted(DEFAULT_POLICIES)}")
+        return v
+
+    @field_validator("script")
+    @classmethod
+    def _known_script(cls, v: str | None) -> str | None:
+        known = ("latin", "cyrillic", "greek", "arabic", "hebrew", "han", "devanagari")
+        if v is not None and v not in known:
+            raise ValueError(f"validation.script={v!r} is not supported; use one of {list(known)} or null")
+        return v
+
+    def policy(self, rule: str) -> Policy:
+        """What a failing rule does: the configured override, else the default."""
+        return self.policies.get(rule, DEFAULT_POLICIES.get(rule, "quarantine"))
 
 
 class MlflowConfig(_Strict):
@@ -122,7 +266,9 @@ class PipelineConfig(_Strict):
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Dotted keys -> values, for logging as MLflow params."""

@@ -122,6 +122,8 @@ def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
         "adapter_dir": outcome.adapter_dir,
         "snapshot_dir": outcome.snapshot_dir,
         "reconciliation": outcome.reconciliation_table,
+        "gate_passed": outcome.gate_passed,
+        "registered_version": outcome.registered_version,
         "tracking_uri": tracking_uri,
         "mlflow_ui": f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri}",
         "labelstudio_credentials": str(root / "labelstudio" / "credentials.json"),

@@ -1,25 +1,31 @@
-"""Forgetting check: the general suite scored with the adapter disabled and enabled, in one process.
+"""Forgetting check: lm-eval tasks scored with the adapter disabled and enabled, in one process.
 
 One model is in memory: PEFT's `disable_adapter()` gives the base model's outputs, so base and
-adapter see the same prompts, tokenization and batching. Per-item scores are kept so that
-confidence intervals can be computed on the paired deltas.
+adapter see the same prompts, tokenization and batching (pipeline/harness.py). Per-document
+scores are kept and every delta gets a paired bootstrap interval (pipeline/bootstrap.py).
+Two guards run whenever a saved adapter is loaded: the manifest must match the base, and the
+adapter must change the base's outputs. `score_suite` is an independent scorer of the built-in
+suite, kept to cross-check lm-eval's numbers in tests.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from pipeline.bootstrap import Interval, accuracy_delta, perplexity_change
 from pipeline.config import PipelineConfig
 from pipeline.formatting import IGNORE_INDEX
-from pipeline.general_suite import GeneralSuite, load_general_suite
+from pipeline.general_suite import GeneralSuite
+from pipeline.harness import TaskScores, harness_forgetting_scores
 from pipeline.modeling import fingerprint_base, load_tokenizer, resolve_device
 from pipeline.scoring import sequence_nll
 from pipeline.train import MANIFEST, load_adapter
@@ -50,30 +56,85 @@ class SuiteScores:
 
 
 @dataclass(frozen=True)
+class TaskComparison:
+    """One lm-eval (sub)task: per-document scores of base and adapter and the paired delta's interval.
+
+    accuracy: delta = adapter - base (fraction); perplexity: delta = adapter / base - 1 (relative).
+    """
+
+    task: str
+    kind: Literal["accuracy", "perplexity"]
+    base: TaskScores
+    adapter: TaskScores
+    delta: Interval
+
+    def metrics(self) -> dict[str, float]:
+        key = "acc" if self.kind == "accuracy" else "ppl"
+        change = "delta" if self.kind == "accuracy" else "change"
+        p = f"forgetting_{self.task}_{key}"
+        return {
+            f"{p}_base": self.base.value,
+            f"{p}_adapter": self.adapter.value,
+            f"{p}_{change}": self.delta.estimate,
+            f"{p}_{change}_low": self.delta.low,
+            f"{p}_{change}_high": self.delta.high,
+        }
+
+
+# The built-in suite's tasks also report under the short names the first skeleton used.
+_LEGACY = {"general_suite_mc": "forgetting_mc_acc", "general_suite_ppl": "forgetting_ppl"}
+
+
+@dataclass(frozen=True)
 class ForgettingReport:
-    """Base vs adapter on the same suite; deltas are adapter minus base."""
+    """Base vs adapter on every configured lm-eval task, with paired intervals on the deltas."""
 
     suite: str
-    base: SuiteScores
-    adapter: SuiteScores
+    comparisons: list[TaskComparison]
+    wall_time_s: float = 0.0
+    probe_logit_diff: float = 0.0
+
+    def comparison(self, task: str) -> TaskComparison:
+        for c in self.comparisons:
+            if c.task == task:
+                return c
+        raise KeyError(f"no forgetting result for task {task!r}; tasks run: {[c.task for c in self.comparisons]}")
 
     def metrics(self) -> dict[str, float]:
         """The flat metrics logged to MLflow."""
-        b, a = self.base, self.adapter
-        return {
-            "forgetting_ppl_base": b.perplexity,
-            "forgetting_ppl_adapter": a.perplexity,
-            "forgetting_ppl_delta": a.perplexity - b.perplexity,
-            "forgetting_mc_acc_base": b.mc_accuracy,
-            "forgetting_mc_acc_adapter": a.mc_accuracy,
-            "forgetting_mc_acc_delta": a.mc_accuracy - b.mc_accuracy,
-        }
+        out: dict[str, float] = {"forgetting_wall_time_s": self.wall_time_s}
+        for c in self.comparisons:
+            out.update(c.metrics())
+            legacy = _LEGACY.get(c.task)
+            if legacy:
+                out[f"{legacy}_base"] = c.base.value
+                out[f"{legacy}_adapter"] = c.adapter.value
+                out[f"{legacy}_delta"] = c.adapter.value - c.base.value
+        return out
 
     def write(self, path: str | Path) -> Path:
-        """Per-item scores and metrics as JSON (an MLflow artifact)."""
+        """Per-document scores, intervals and metrics as JSON (an MLflow artifact)."""
         p = Path(path)
         p.write_text(json.dumps({"suite": self.suite, "metrics": self.metrics(), **asdict(self)}, indent=2))
         return p
+
+
+def compare(
+    base: dict[str, TaskScores], adapter: dict[str, TaskScores], *, samples: int, confidence: float, seed: int
+) -> list[TaskComparison]:
+    """Pair base and adapter scores per task (same documents, same order) and bootstrap the deltas."""
+    out = []
+    for name, b in base.items():
+        a = adapter[name]
+        if b.doc_ids != a.doc_ids or b.weights != a.weights:
+            raise AssertionError(f"task {name}: base and adapter were scored on different documents")
+        kw: dict[str, Any] = {"samples": samples, "confidence": confidence, "seed": seed}
+        if b.kind == "accuracy":
+            delta = accuracy_delta(b.values, a.values, **kw)
+        else:
+            delta = perplexity_change((b.values, b.weights), (a.values, a.weights), **kw)
+        out.append(TaskComparison(task=name, kind=b.kind, base=b, adapter=a, delta=delta))
+    return out
 
 
 def _suite_sequences(
@@ -148,24 +209,47 @@ def check_manifest_matches(
             )
 
 
-def forgetting_check(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, suite: GeneralSuite, *, batch_size: int
-) -> ForgettingReport:
-    """Score the suite with the adapter off, then on, with the same model object."""
-    assert_adapter_applied(model, tokenizer)
-    with model.disable_adapter():
-        base = score_suite(model, tokenizer, suite, batch_size=batch_size)
-    adapter = score_suite(model, tokenizer, suite, batch_size=batch_size)
-    return ForgettingReport(suite=suite.name, base=base, adapter=adapter)
+def forgetting_check(model: PeftModel, tokenizer: PreTrainedTokenizerBase, config: PipelineConfig) -> ForgettingReport:
+    """lm-eval on the configured tasks with the adapter off, then on, with the same model object."""
+    ev = config.eval
+    diff = assert_adapter_applied(model, tokenizer)
+    start = time.perf_counter()
+    base, adapter = harness_forgetting_scores(
+        model,
+        tokenizer,
+        ev.tasks,
+        suite_dir=ev.general_suite,
+        batch_size=ev.batch_size,
+        num_fewshot=ev.num_fewshot,
+        limit=ev.limit,
+    )
+    comparisons = compare(base, adapter, samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed)
+    return ForgettingReport(
+        suite=ev.general_suite or "builtin",
+        comparisons=comparisons,
+        wall_time_s=time.perf_counter() - start,
+        probe_logit_diff=diff,
+    )
 
 
-def evaluate_saved_adapter(config: PipelineConfig, adapter_dir: str | Path) -> ForgettingReport:
-    """Load base + saved adapter, check the manifest against the base, and run the forgetting check."""
+def load_verified_adapter(config: PipelineConfig, adapter_dir: str | Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """Base + saved adapter, after both guards: the manifest matches this base, and the adapter changes outputs.
+
+    Every consumer of a saved adapter (evaluation, registry, export) loads it through here.
+    """
     adapter = Path(adapter_dir)
+    manifest_path = adapter / MANIFEST
+    if not manifest_path.is_file():
+        raise ValueError(f"{adapter} has no {MANIFEST}; only adapters written by the training recipe can be evaluated")
     device = resolve_device(config.train.device)
     tokenizer = load_tokenizer(config.base_model)
     model = load_adapter(config.base_model, adapter, device)
-    manifest = json.loads((adapter / MANIFEST).read_text())
-    check_manifest_matches(manifest, config.base_model, model, tokenizer)
-    suite = load_general_suite(config.eval.general_suite)
-    return forgetting_check(model, tokenizer, suite, batch_size=config.eval.batch_size)
+    check_manifest_matches(json.loads(manifest_path.read_text()), config.base_model, model, tokenizer)
+    assert_adapter_applied(model, tokenizer)
+    return model, tokenizer
+
+
+def evaluate_saved_adapter(config: PipelineConfig, adapter_dir: str | Path) -> ForgettingReport:
+    """Load base + saved adapter through the guards and run the forgetting check."""
+    model, tokenizer = load_verified_adapter(config, adapter_dir)
+    return forgetting_check(model, tokenizer, config)

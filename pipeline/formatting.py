@@ -87,5 +87,9 @@ def build_examples(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, ma
         )
     no_loss = [e.task_id for e in examples if all(label == IGNORE_INDEX for label in e.labels)]
     if no_loss:
-        raise ValueError(f"examples with no response token to learn from (task ids {no_loss[:20]})")
+        raise ValueError(
+            f"{len(no_loss)} examples have no response token to learn from (task ids {no_loss[:20]}): the chat "
+            "template renders nothing after the prompt and the tokenizer has no EOS; fix the template or the rows "
+            "rather than train on nothing"
+        )
     return examples

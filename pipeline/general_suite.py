@@ -29,10 +29,19 @@ class McItem:
 
 
 @dataclass(frozen=True)
+class TextItem:
+    id: str
+    domain: str
+    text: str
+
+
+@dataclass(frozen=True)
 class GeneralSuite:
     texts: tuple[str, ...]
     mc_items: tuple[McItem, ...]
     name: str
+    # The perplexity texts with their ids and domains (same order as `texts`).
+    text_items: tuple[TextItem, ...] = ()
 
 
 def _records(source: Traversable | Path, label: str) -> list[tuple[int, dict[str, Any]]]:
@@ -72,15 +81,15 @@ def _check_id(obj: dict[str, Any], where: str, seen: dict[str, int], lineno: int
     return item_id
 
 
-def _load_texts(source: Traversable | Path, label: str) -> tuple[str, ...]:
+def _load_texts(source: Traversable | Path, label: str) -> tuple[TextItem, ...]:
     seen: dict[str, int] = {}
-    texts: list[str] = []
+    items: list[TextItem] = []
     for lineno, obj in _records(source, label):
         where = f"{label} line {lineno}"
-        _check_id(obj, where, seen, lineno)
-        _text_field(obj, "domain", where)
-        texts.append(_text_field(obj, "text", where))
-    return tuple(texts)
+        item_id = _check_id(obj, where, seen, lineno)
+        domain = _text_field(obj, "domain", where)
+        items.append(TextItem(item_id, domain, _text_field(obj, "text", where)))
+    return tuple(items)
 
 
 def _load_mc(source: Traversable | Path, label: str) -> tuple[McItem, ...]:
@@ -119,6 +128,6 @@ def load_general_suite(path: str | Path | None = None) -> GeneralSuite:
         if not root.is_dir():
             raise FileNotFoundError(f"general suite directory not found: {root}")
         name, prefix = root.name, f"{root}/"
-    texts = _load_texts(root / PERPLEXITY_FILE, prefix + PERPLEXITY_FILE)
+    text_items = _load_texts(root / PERPLEXITY_FILE, prefix + PERPLEXITY_FILE)
     mc_items = _load_mc(root / MC_FILE, prefix + MC_FILE)
-    return GeneralSuite(texts=texts, mc_items=mc_items, name=name)
+    return GeneralSuite(texts=tuple(t.text for t in text_items), mc_items=mc_items, name=name, text_items=text_items)

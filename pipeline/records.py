@@ -2,16 +2,21 @@
 
 Which annotation wins per task (the stated rule, DESIGN.md): cancelled (skipped) annotations
 never count; among submitted ones a ground-truth annotation wins, else the most recently
-updated one (ties broken by the higher annotation id). Drafts live outside `annotations`
-and never reach training.
+updated one (ties broken by the higher annotation id). With the `majority` rule the category
+most submitted annotations chose wins (its latest annotation supplies the response) and a tie
+is quarantined for adjudication. Drafts live outside `annotations` and never reach training.
+
+Task data is only ever treated as text: nothing here renders it or follows it as a URL.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -36,6 +41,19 @@ UNUSABLE_COLUMNS: tuple[str, ...] = ("task_id", "reason")
 
 # Longest failing value kept in reports; the full row stays in the snapshot's quarantine file.
 _VALUE_PREVIEW = 120
+# Longer texts are not training pairs but pasted documents or runaway input; quarantined.
+MAX_TEXT_CHARS = 100_000
+AnnotationRule = Literal["latest", "majority"]
+# C0 controls other than tab/newline/carriage return, DEL and C1 controls.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+MAJORITY_TIE = "category_majority_tie"
+# How annotators fix what normalization catches beyond the schema's checks (schemas/pairs.py FIX_HINTS).
+NORMALIZE_HINTS: dict[str, str] = {
+    MAJORITY_TIE: "annotators disagree on the category with no majority; add a ground-truth annotation",
+    "text_too_long": f"shorten the text to under {MAX_TEXT_CHARS:,} characters",
+    "valid_unicode": "the text holds invalid Unicode (lone surrogates); re-import or retype it",
+    "no_control_characters": "remove control characters (other than tab and newline) from the text",
+}
 
 
 def preview(value: object) -> str:
@@ -54,9 +72,13 @@ class NormalizedTasks:
     tasks_seen: int
 
 
-def pick_annotation(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """The winning annotation of a task, or (None, reason) when there is no usable one."""
-    annotations = [a for a in (task.get("annotations") or []) if isinstance(a, dict)]
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def pick_annotation(task: dict[str, Any], rule: AnnotationRule = "latest") -> tuple[dict[str, Any] | None, str | None]:
+    """The winning annotation of a task, or (None, reason): an unusable reason, or MAJORITY_TIE."""
+    annotations = [a for a in _list(task.get("annotations")) if isinstance(a, dict)]
     submitted = [a for a in annotations if not a.get("was_cancelled")]
     if not submitted:
         if annotations:
@@ -65,8 +87,19 @@ def pick_annotation(task: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
             return None, "only_drafts"
         return None, "no_annotation"
     pool = [a for a in submitted if a.get("ground_truth")] or submitted
+    if rule == "majority" and pool is submitted and len(submitted) > 1:
+        votes = Counter(_category_vote(a) for a in submitted)
+        ranked = votes.most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            return None, MAJORITY_TIE
+        pool = [a for a in submitted if _category_vote(a) == ranked[0][0]]
     winner = max(pool, key=lambda a: (_instant(a.get("updated_at")), _int_or_zero(a.get("id"))))
     return winner, None
+
+
+def _category_vote(annotation: dict[str, Any]) -> str | None:
+    choices = _result_value(annotation, CATEGORY_NAME, "choices")
+    return repr(choices) if choices else None  # repr: any value votes, hashable
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -88,7 +121,7 @@ def _int_or_zero(value: object) -> int:
 
 
 def _result_value(annotation: dict[str, Any], from_name: str, key: str) -> list[Any] | None:
-    for item in annotation.get("result") or []:
+    for item in _list(annotation.get("result")):
         if isinstance(item, dict) and item.get("from_name") == from_name:
             value = item.get("value") or {}
             got = value.get(key) if isinstance(value, dict) else None
@@ -108,7 +141,31 @@ def _optional_text(data: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def normalize_tasks(tasks: Iterable[dict[str, Any]], *, project_id: int | None = None) -> NormalizedTasks:
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _text_problem(text: str) -> tuple[str, str] | None:
+    """(check, reason) when a text cannot be stored or trained on as is."""
+    if len(text) > MAX_TEXT_CHARS:
+        return "text_too_long", f"{len(text):,} characters (limit {MAX_TEXT_CHARS:,})"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "valid_unicode", "holds lone UTF-16 surrogates, not valid Unicode"
+    if _CONTROL.search(text):
+        return "no_control_characters", "holds control characters"
+    return None
+
+
+def _safe_text(value: object) -> str:
+    """A string that can be stored (parquet needs valid UTF-8): lone surrogates become U+FFFD."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def normalize_tasks(
+    tasks: Iterable[dict[str, Any]], *, project_id: int | None = None, rule: AnnotationRule = "latest"
+) -> NormalizedTasks:
     """Turn raw task dicts into PairRecords; every task ends in exactly one of the three outputs."""
     rows: list[dict[str, Any]] = []
     quarantined: list[dict[str, Any]] = []
@@ -139,11 +196,15 @@ def normalize_tasks(tasks: Iterable[dict[str, Any]], *, project_id: int | None =
             reject(task_id, None, "task_id_duplicate", f"task id {task_id} appears more than once", task_id)
             continue
         seen_ids.add(task_id)
-        annotation, why = pick_annotation(task)
+        annotation, why = pick_annotation(task, rule)
+        if why == MAJORITY_TIE:
+            votes = sorted(str(_category_vote(a)) for a in _list(task.get("annotations")) if isinstance(a, dict))
+            reject(task_id, None, MAJORITY_TIE, "annotators' categories tie with no majority", votes)
+            continue
         if annotation is None:
             unusable.append({"task_id": task_id, "reason": why})
             continue
-        ann_id = int(annotation.get("id") or 0) or None
+        ann_id = _int_or_none(annotation.get("id"))
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         prompt = data.get(PROMPT_NAME)
         if not isinstance(prompt, str):
@@ -151,7 +212,9 @@ def normalize_tasks(tasks: Iterable[dict[str, Any]], *, project_id: int | None =
             continue
         texts = _result_value(annotation, RESPONSE_NAME, "text")
         if texts is None:
-            names = sorted({str(i.get("from_name")) for i in annotation.get("result") or [] if isinstance(i, dict)})
+            names = sorted(
+                {_safe_text(i.get("from_name")) for i in _list(annotation.get("result")) if isinstance(i, dict)}
+            )
             if names:
                 reject(
                     task_id,
@@ -175,21 +238,31 @@ def normalize_tasks(tasks: Iterable[dict[str, Any]], *, project_id: int | None =
         if category is not None and not isinstance(category, str):
             reject(task_id, ann_id, "category_is_text", "category is not a string", category)
             continue
+        # TextArea keeps one text per submission; several are joined line by line.
+        response = "\n".join(texts)
+        system, context = _optional_text(data, "system"), _optional_text(data, "context")
+        fields = {"prompt": prompt, "response": response, "category": category, "system": system, "context": context}
+        problem = next(
+            ((name, p) for name, v in fields.items() if v is not None and (p := _text_problem(v)) is not None), None
+        )
+        if problem is not None:
+            name, (check, why_text) = problem
+            reject(task_id, ann_id, check, f"{name}: {why_text}", fields[name])
+            continue
         updated = annotation.get("updated_at") or annotation.get("created_at")
         rows.append(
             {
                 "task_id": task_id,
                 "annotation_id": ann_id,
-                "project_id": int(task.get("project") or project_id or 0),
+                "project_id": _int_or_none(task.get("project")) or project_id or 0,
                 "prompt": prompt,
-                # TextArea keeps one text per submission; several are joined line by line.
-                "response": "\n".join(texts),
+                "response": response,
                 "category": category,
-                "annotator": _annotator(annotation),
-                "updated_at": updated,
+                "annotator": _safe_text(_annotator(annotation)),
+                "updated_at": updated if isinstance(updated, str) else None,
                 "ground_truth": bool(annotation.get("ground_truth")),
-                "system": _optional_text(data, "system"),
-                "context": _optional_text(data, "context"),
+                "system": system,
+                "context": context,
             }
         )
 

@@ -102,6 +102,8 @@ class StepLogger:
             "learning_rate": log.learning_rate,
             "grad_norm": log.grad_norm,
             "tokens_per_s": log.tokens_per_s,
+            "padding_fraction": log.padding_fraction,
+            "eval_loss_step": log.eval_loss,  # NaN (skipped) on steps that did not evaluate
         }
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, log.step) for k, v in values.items() if math.isfinite(v)]
@@ -124,6 +126,17 @@ def log_artifacts(tracking_uri: str, run_id: str, local_dir: str | Path, artifac
 def log_artifact(tracking_uri: str, run_id: str, local_file: str | Path, artifact_path: str | None = None) -> None:
     """Upload one file."""
     MlflowClient(tracking_uri).log_artifact(run_id, str(local_file), artifact_path)
+
+
+def log_table(tracking_uri: str, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """A table artifact (JSON) that the MLflow UI renders in its artifact view and evaluation tab."""
+    columns = list(rows[0]) if rows else []
+    MlflowClient(tracking_uri).log_table(run_id, {c: [r[c] for r in rows] for c in columns}, artifact_file)
+
+
+def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    """A text artifact (Markdown reports render in the UI's artifact view)."""
+    MlflowClient(tracking_uri).log_text(run_id, text, artifact_file)
 
 
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -1,8 +1,9 @@
-"""The LoRA training recipe, top to bottom: setup -> batches -> loss -> accumulate/step -> log -> save.
+"""The LoRA training recipe, top to bottom: setup -> batches -> loss -> accumulate/step -> log -> checkpoint -> save.
 
-Run it through the flow (`lora-pipeline run`) or directly with `train_adapter(config, train, eval, out)`.
-The loss of an optimizer step is the mean over every response token in its accumulation group,
-so gradient accumulation gives the same update as one big batch.
+Run it through the flow (`lora-pipeline run`), the CLI (`lora-pipeline train`, also under
+`torchrun`/`accelerate launch` for DDP) or directly with `train_adapter(config, train, eval, out)`.
+The loss of an optimizer step is the mean over every response token in its accumulation group
+(on every rank), so gradient accumulation and data parallelism give the same update as one big batch.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import resource
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +22,38 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+import torch.nn.functional as F
+from peft import PeftModel
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from pipeline.config import PipelineConfig
+from pipeline.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    local_device,
+    teardown,
+)
 from pipeline.formatting import IGNORE_INDEX, Example, build_examples
-from pipeline.modeling import fingerprint_base, load_base_model, load_tokenizer, resolve_device
-from pipeline.scoring import mean_token_loss, pad_batch, sequence_nll, token_nll
+from pipeline.modeling import (
+    attach_lora,
+    fingerprint_base,
+    flash_attention_available,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+)
+from pipeline.packing import make_batch
+from pipeline.scoring import mean_token_loss, sequence_nll
 
 MANIFEST = "manifest.json"
+
+# Dense bf16 peak FLOP/s by GPU name, for MFU; unknown GPUs report no MFU rather than a guess.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
 
 @dataclass(frozen=True)
@@ -41,7 +65,9 @@ class StepLog:
     loss: float
     learning_rate: float
     grad_norm: float
-    tokens_per_s: float
+    tokens_per_s: float  # non-pad input tokens (all ranks) per second of this step
+    padding_fraction: float = 0.0  # share of the step's (B, T) slots that were padding
+    eval_loss: float = float("nan")  # held-out loss when this step evaluated (epoch end / eval_every_steps)
 
 
 @dataclass
@@ -56,10 +82,18 @@ class TrainResult:
     trainable_params: int
     total_params: int
     manifest: dict[str, Any] = field(default_factory=dict)
+    peak_memory_bytes: int = 0  # CUDA: max allocated; CPU: the process's peak RSS
+    adapter_bytes: int = 0  # adapter_model.safetensors on disk
+    tokens_per_s: float = 0.0  # non-pad tokens over the run's training time
+    mfu: float | None = None  # CUDA only: 4·N·tokens / time / peak bf16 FLOP/s (see docs/decisions.md)
 
     @property
     def final_loss(self) -> float:
         return self.history[-1].loss
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_params / self.total_params
 
 
 def seed_everything(seed: int) -> None:
@@ -77,6 +111,15 @@ def plan_steps(n_examples: int, config: PipelineConfig) -> tuple[int, int]:
     return per_epoch, min(total, t.max_steps) if t.max_steps else total
 
 
+def epoch_groups(n_examples: int, epoch: int, t: TrainConfig) -> list[list[list[int]]]:
+    """The epoch's accumulation groups of micro-batches of example indices; a pure function of (seed, epoch),
+    so a resumed run (or every DDP rank) rebuilds exactly the same order."""
+    g = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+    order = torch.randperm(n_examples, generator=g).tolist()
+    micro = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
+    return [micro[i : i + t.grad_accum_steps] for i in range(0, len(micro), t.grad_accum_steps)]
+
+
 def train_adapter(
     config: PipelineConfig,
     train_records: pd.DataFrame,
@@ -85,104 +128,153 @@ def train_adapter(
     *,
     dataset_hash: str = "",
     on_step: Callable[[StepLog], None] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train a LoRA adapter on `train_records` and save it as a PEFT directory with a manifest."""
+    """Train a LoRA adapter on `train_records` and save it as a PEFT directory with a manifest.
+
+    With `resume=True` training continues from the newest checkpoint in `<out_dir>.checkpoints/`
+    (if there is none, it starts from step 0)."""
     t, lc = config.train, config.lora
-    # ---- setup: fail fast on anything the config gets wrong, before touching a GPU-hour ----
+    # ---- setup: fail fast on anything the config or data gets wrong, before touching a GPU-hour ----
     if train_records.empty:
         raise ValueError("no training rows: every row was quarantined or the project has no annotations")
     device = resolve_device(t.device)
+    if lc.quantize == "nf4" and device.type != "cuda":
+        raise ValueError("lora.quantize='nf4' (QLoRA) needs a CUDA device; set lora.quantize: none on CPU")
+    env = init_distributed(device)
+    device = local_device(device, env)
     seed_everything(t.seed)
     tokenizer = load_tokenizer(config.base_model)
-    model = load_base_model(config.base_model, device)
-    base_fp = fingerprint_base(config.base_model, model, tokenizer)
-    peft_config = PeftLoraConfig(
-        r=lc.r,
-        lora_alpha=lc.alpha,
-        lora_dropout=lc.dropout,
-        target_modules=lc.peft_target_modules(),
-        task_type="CAUSAL_LM",
-    )
-    try:
-        model = get_peft_model(model, peft_config)
-    except ValueError as e:
-        raise ValueError(f"lora.target_modules={lc.target_modules!r} does not fit {config.base_model}: {e}") from e
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
     train_ex = build_examples(tokenizer, train_records, config.data.max_length)
     eval_ex = build_examples(tokenizer, eval_records, config.data.max_length) if not eval_records.empty else []
     pad_id = int(tokenizer.pad_token_id)
+    # Flash-attn's varlen kernel takes a whole packed micro-batch as one row; sdpa/eager build a
+    # block-diagonal mask whose cost grows with row length², so their rows stop at data.max_length.
+    flash = t.packing and flash_attention_available(device)
+    model = load_base_model(
+        config.base_model, device, quantize=lc.quantize, attn_implementation="flash_attention_2" if flash else None
+    )
+    base_fp = fingerprint_base(config.base_model, model, tokenizer)
+    model = attach_lora(model, lc, gradient_checkpointing=t.gradient_checkpointing)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    # DDP all-reduces gradients during backward (bucketed); only the last micro-batch of a group syncs.
+    ddp = DistributedDataParallel(model) if env.enabled else model
 
-    # ---- optimizer and schedule ----
-    _, total_steps = plan_steps(len(train_ex), config)
+    # ---- optimizer, schedule, and where a resumed run picks up ----
+    per_epoch, total_steps = plan_steps(len(train_ex), config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=device.type == "cuda")
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(t.warmup_fraction * total_steps), total_steps)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    shuffle = torch.Generator().manual_seed(t.seed)
-
-    # ---- loop ----
+    ckpt_root = checkpoint_root(out_dir)
     history: list[StepLog] = []
-    step = 0
+    step, prior_wall = 0, 0.0
+    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    if ckpt is not None:
+        _check_resumable(ckpt.state, config, dataset_hash, ckpt.path)
+        load_checkpoint(ckpt, model, optimizer, scheduler)
+        history = [StepLog(**h) for h in ckpt.state["history"]]
+        step, prior_wall = ckpt.step, float(ckpt.state["wall_time_s"])
+
+    # ---- loop: batches -> loss -> accumulate -> clip/step -> log -> eval -> checkpoint ----
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run_tokens, eval_time = 0.0, 0.0
     start = time.perf_counter()
     model.train()
-    bar = tqdm(total=total_steps, desc="training adapter", unit="step")
-    for epoch in range(t.epochs):
-        order = torch.randperm(len(train_ex), generator=shuffle).tolist()
-        micro = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-        groups = [micro[i : i + t.grad_accum_steps] for i in range(0, len(micro), t.grad_accum_steps)]
-        for group in groups:
-            if step >= total_steps:
-                break
-            step_start = time.perf_counter()
-            batches = [[train_ex[i] for i in mb] for mb in group]
-            # Normalize by the group's response tokens so accumulation equals one large batch.
-            n_tokens = sum(_label_tokens(ex) for mb in batches for ex in mb)
-            loss_sum = 0.0
-            for mb in batches:
-                input_ids, mask, labels = pad_batch([(e.input_ids, e.labels) for e in mb], pad_id, device)
-                with autocast:
-                    logits = model(input_ids=input_ids, attention_mask=mask).logits  # (B, T, V)
-                loss = token_nll(logits, labels).sum() / n_tokens
-                loss.backward()
-                loss_sum += float(loss.detach())
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            log = StepLog(
-                step=step,
-                epoch=epoch,
-                loss=loss_sum,
-                learning_rate=lr,
-                grad_norm=grad_norm,
-                tokens_per_s=n_tokens / max(time.perf_counter() - step_start, 1e-9),
+    bar = tqdm(total=total_steps, initial=step, desc="training adapter", unit="step", disable=not env.is_main)
+    while step < total_steps:
+        epoch, position = divmod(step, per_epoch)
+        group = epoch_groups(len(train_ex), epoch, t)[position]
+        step_start = time.perf_counter()
+        batches = [[train_ex[i] for i in mb] for mb in group]
+        # Normalize by the group's response tokens so accumulation (and DDP) equals one large batch.
+        n_tokens = sum(_label_tokens(ex) for mb in batches for ex in mb)
+        loss_sum, real, slots = 0.0, 0, 0
+        for k, mb in enumerate(batches):
+            mine, weight = mb[env.rank :: env.world], 1.0
+            if not mine:  # more ranks than examples: run a zero-weight example so every rank syncs
+                mine, weight = mb[:1], 0.0
+            batch = make_batch(
+                mine,
+                packing=t.packing,
+                capacity=sum(len(e.input_ids) for e in mine) if flash else config.data.max_length,
+                pad_id=pad_id,
+                device=device,
             )
-            history.append(log)
-            if on_step is not None:
-                on_step(log)
-            bar.update(1)
-            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}")
+            sync = not env.enabled or k == len(batches) - 1
+            # Only positions whose next token is a response token go through lm_head: prompt and padding
+            # logits are never computed, which saves the (B, T, V) tensor and its log-softmax.
+            scored = torch.zeros_like(batch.labels, dtype=torch.bool)  # (B, T)
+            scored[:, :-1] = batch.labels[:, 1:] != IGNORE_INDEX
+            targets = batch.labels[:, 1:][scored[:, :-1]]  # (N,) row-major, as transformers flattens the mask
+            with nullcontext() if sync else ddp.no_sync():
+                with autocast:
+                    logits = ddp(
+                        input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids,
+                        logits_to_keep=scored,
+                        use_cache=False,  # with a cache, transformers ignores packed position ids
+                    ).logits  # (N, V)
+                loss = F.cross_entropy(logits.float(), targets, reduction="sum") * weight / n_tokens
+                # DDP averages gradients over ranks; each rank holds a part of the sum, so scale back up.
+                (loss * env.world).backward()
+            loss_sum += float(loss.detach())
+            real += batch.real_tokens if weight else 0
+            slots += batch.slots if weight else 0
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_sum = all_reduce_sum(loss_sum, env, device)
+        real_all, slots_all = all_reduce_sum(real, env, device), all_reduce_sum(slots, env, device)
+        run_tokens += real_all
+        step_time = time.perf_counter() - step_start
+        eval_loss = float("nan")
+        if eval_ex and (step % per_epoch == 0 or step == total_steps or _every(step, t.eval_every_steps)):
+            eval_start = time.perf_counter()
+            eval_loss = _eval_loss(model, eval_ex, pad_id, config.eval.batch_size, device, env)
+            eval_time += time.perf_counter() - eval_start
+        log = StepLog(
+            step=step,
+            epoch=epoch,
+            loss=loss_sum,
+            learning_rate=lr,
+            grad_norm=grad_norm,
+            tokens_per_s=real_all / max(step_time, 1e-9),
+            padding_fraction=1.0 - real_all / max(slots_all, 1.0),
+            eval_loss=eval_loss,
+        )
+        history.append(log)
+        if env.is_main and on_step is not None:
+            on_step(log)
+        bar.update(1)
+        bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}")
+        if _every(step, t.checkpoint_every_steps) or (t.checkpoint_every_steps and step == total_steps):
+            if env.is_main:
+                state = {
+                    "epoch": epoch,
+                    "config_fingerprint": config.fingerprint(),
+                    "dataset_hash": dataset_hash,
+                    "train_examples": len(train_ex),
+                    "wall_time_s": prior_wall + time.perf_counter() - start,
+                    "history": [asdict(h) for h in history],
+                }
+                save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
+            barrier(env)
     bar.close()
     wall = time.perf_counter() - start
+    train_time = wall - eval_time  # throughput and MFU count training only, not held-out scoring
 
-    # ---- held-out loss, then save adapter + tokenizer + manifest ----
-    eval_loss = float("nan")
-    if eval_ex:
-        scores = sequence_nll(
-            model,
-            [(e.input_ids, e.labels) for e in eval_ex],
-            pad_id=pad_id,
-            batch_size=config.eval.batch_size,
-            device=device,
-        )
-        eval_loss = mean_token_loss(scores)
+    # ---- held-out loss (unless the last step just measured it), then save adapter + tokenizer + manifest ----
+    eval_loss = history[-1].eval_loss if history else float("nan")
+    if eval_ex and math.isnan(eval_loss):
+        eval_loss = _eval_loss(model, eval_ex, pad_id, config.eval.batch_size, device, env)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     manifest = {
         "base_model": asdict(base_fp),
         "dataset_hash": dataset_hash,
@@ -192,23 +284,100 @@ def train_adapter(
         "train_examples": len(train_ex),
         "eval_examples": len(eval_ex),
         "torch": torch.__version__,
+        "world_size": env.world,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    barrier(env)
+    teardown(env)
+    adapter_file = out / "adapter_model.safetensors"
     return TrainResult(
         adapter_dir=out,
         steps=step,
         history=history,
         eval_loss=eval_loss,
-        wall_time_s=wall,
+        wall_time_s=prior_wall + wall,
         trainable_params=trainable,
         total_params=total,
         manifest=manifest,
+        peak_memory_bytes=_peak_memory(device),
+        adapter_bytes=adapter_file.stat().st_size if adapter_file.is_file() else 0,
+        tokens_per_s=run_tokens / max(train_time, 1e-9),
+        mfu=_mfu(total, run_tokens, train_time, device),
     )
 
 
 def _label_tokens(ex: Example) -> int:
     # Labels are scored shifted by one, so the first position never counts.
     return sum(1 for label in ex.labels[1:] if label != IGNORE_INDEX)
+
+
+def _every(step: int, n: int | None) -> bool:
+    return n is not None and step % n == 0
+
+
+def _check_resumable(state: dict[str, Any], config: PipelineConfig, dataset_hash: str, path: Path) -> None:
+    """A checkpoint only continues the run that wrote it: same config, same data."""
+    if state["config_fingerprint"] != config.fingerprint():
+        raise ValueError(
+            f"checkpoint {path} was written with config {state['config_fingerprint']}, this run has "
+            f"{config.fingerprint()}; resume with the same config or start a new output directory"
+        )
+    if state["dataset_hash"] != dataset_hash:
+        raise ValueError(f"checkpoint {path} was trained on dataset {state['dataset_hash']!r}, not {dataset_hash!r}")
+
+
+def _eval_loss(
+    model: PeftModel, eval_ex: list[Example], pad_id: int, batch_size: int, device: torch.device, env: DistEnv
+) -> float:
+    """Token-weighted held-out loss, on the main rank (the unwrapped model: no collectives inside)."""
+    loss = float("nan")
+    if env.is_main:
+        scores = sequence_nll(
+            model, [(e.input_ids, e.labels) for e in eval_ex], pad_id=pad_id, batch_size=batch_size, device=device
+        )
+        loss = mean_token_loss(scores)
+    barrier(env)
+    return loss
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _mfu(n_params: int, tokens: float, seconds: float, device: torch.device) -> float | None:
+    """Model FLOPs utilization: LoRA's forward (2N) + activation backward (2N) per token; the frozen base
+    needs no weight gradients, so not the 6N of full fine-tuning. None off CUDA or on an unknown GPU."""
+    if device.type != "cuda" or seconds <= 0:
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return None if peak is None else 4 * n_params * tokens / seconds / peak
+
+
+def load_training_data(
+    data: Path, config: PipelineConfig, *, eval_path: Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(train, eval, dataset hash) from a snapshot directory (split as the flow does) or a parquet file."""
+    if data.is_dir():
+        from pipeline.snapshot import load_snapshot
+        from pipeline.split import split_train_eval
+
+        if eval_path is not None:
+            raise ValueError("--eval-data is only for a parquet DATA; a snapshot is split by its own hash")
+        snap = load_snapshot(data)
+        train_df, eval_df = split_train_eval(snap.records, config.data.eval_fraction, snap.hash)
+        return train_df, eval_df, snap.hash
+    if not data.is_file():
+        raise FileNotFoundError(f"training data {data} is neither a snapshot directory nor a parquet file")
+    train_df = pd.read_parquet(data)
+    eval_df = pd.read_parquet(eval_path) if eval_path is not None else train_df.iloc[:0]
+    return train_df, eval_df, f"file:{data.name}"
 
 
 def load_adapter(base_model: str, adapter_dir: str | Path, device: torch.device) -> PeftModel:

@@ -91,6 +91,22 @@ def test_flow_end_to_end_logs_a_complete_run(
         "validation/snapshot.json",
     } <= files
     assert any(f.startswith("evaluation/") for f in files)
+    # Forgetting deltas with intervals, the gate verdict and its report, plots, side-by-side table, registry.
+    assert {
+        "evaluation/gate_report.md",
+        "evaluation/forgetting.json",
+        "evaluation/forgetting.png",
+        "evaluation/loss_curves.png",
+        "evaluation/side_by_side_table.json",
+    } <= files
+    lo, mid, hi = (m[f"forgetting_general_suite_mc_acc_delta{s}"] for s in ("_low", "", "_high"))
+    assert lo <= mid <= hi
+    assert m["gate_passed"] == float(outcome.gate_passed) and "gate_task_improvement_value" in m
+    if outcome.gate_passed:
+        version = ml.get_model_version_by_alias("lora-adapter", "candidate")
+        assert version.version == outcome.registered_version and version.run_id == outcome.run_id
+    else:
+        assert outcome.registered_version is None
 
     local = Path(ml.download_artifacts(outcome.run_id, "", str(tmp_path / "dl")))
     report = (local / "validation" / "validation_report.md").read_text()

@@ -451,3 +451,49 @@ def test_normalize_and_validate_account_for_arbitrary_tasks(tasks: list[dict[str
     assert valid_ids | bad_ids == set(result.records["task_id"].astype(int))
     assert len(validation.valid) == len(valid_ids)
     assert set(validation.quarantined["stage"]) <= {"validate"}
+
+
+# ---- the `majority` rule and text problems found while normalizing ----
+
+
+def test_majority_rule_picks_the_category_most_annotators_chose() -> None:
+    """Two of three say `tickets`: the latest `tickets` annotation wins, although a `schedules` one is newer."""
+    anns = [
+        annotation(1, category="tickets", updated_at="2024-05-01T10:00:00Z"),
+        annotation(2, category="tickets", updated_at="2024-05-01T11:00:00Z", response="Tickets at the kiosk."),
+        annotation(3, category="schedules", updated_at="2024-05-01T12:00:00Z"),
+    ]
+    rec = only_record(normalize_tasks([task(1, anns)], rule="majority"))
+    assert rec["annotation_id"] == 2 and rec["category"] == "tickets"
+    assert only_record(normalize_tasks([task(1, anns)]))["annotation_id"] == 3  # the default rule: latest
+
+
+def test_majority_tie_is_quarantined_and_ground_truth_still_wins() -> None:
+    """A 1-1 split is reported as a tie for adjudication; a ground-truth annotation settles it."""
+    anns = [annotation(1, category="tickets"), annotation(2, category="schedules")]
+    q = only_quarantine(normalize_tasks([task(1, anns)], rule="majority"))
+    assert q["check"] == "category_majority_tie" and "tickets" in q["value"] and "schedules" in q["value"]
+    gt = annotation(3, category="schedules", ground_truth=True, updated_at="2024-01-01T00:00:00Z")
+    assert only_record(normalize_tasks([task(1, [*anns, gt])], rule="majority"))["annotation_id"] == 3
+
+
+@pytest.mark.parametrize(
+    ("prompt", "check"),
+    [
+        ("x" * 100_001, "text_too_long"),
+        ("bad \ud800 surrogate", "valid_unicode"),
+        ("bell \x07 here", "no_control_characters"),
+        ("c1 \x85 control", "no_control_characters"),
+    ],
+)
+def test_unstorable_or_unsafe_text_is_quarantined(prompt: str, check: str) -> None:
+    """Texts that cannot be stored (surrogates) or trained on as is are quarantined with the named check."""
+    q = only_quarantine(normalize_tasks([task(1, [annotation(1)], prompt=prompt)]))
+    assert q["check"] == check and q["stage"] == "normalize"
+    q["value"].encode("utf-8")  # the report value itself is storable
+
+
+def test_tabs_newlines_and_markup_are_plain_text() -> None:
+    """Tabs, newlines and HTML are ordinary text: kept verbatim, never rendered or followed."""
+    prompt = "Line one\n\t<a href='http://x'>link</a>"
+    assert only_record(normalize_tasks([task(1, [annotation(1)], prompt=prompt)]))["prompt"] == prompt

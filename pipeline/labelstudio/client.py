@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from pipeline.http_retry import RETRY_STATUSES, RetryPolicy, retrying_client
 from pipeline.labelstudio.labeling_config import (
     CATEGORY_NAME,
     PROMPT_NAME,
@@ -32,11 +35,16 @@ class ProjectRef:
     categories: tuple[str, ...]
 
 
-def connect(url: str, api_key: str, *, timeout_s: float = 30.0) -> LabelStudio:
-    """A client for `url`, after checking that the server answers and accepts `api_key`."""
+def connect(url: str, api_key: str, *, timeout_s: float = 30.0, policy: RetryPolicy | None = None) -> LabelStudio:
+    """A client for `url`, after checking that the server answers and accepts `api_key`.
+
+    Every call of the returned client (and of `raw_get`) has a timeout and retries 429, 5xx and
+    dropped connections with backoff (pipeline/http_retry.py).
+    """
     base = url.rstrip("/")
+    http = retrying_client(timeout_s=timeout_s, policy=policy or RetryPolicy())
     try:
-        r = httpx.get(f"{base}/health", timeout=min(timeout_s, 10.0))
+        r = http.get(f"{base}/health")
     except httpx.HTTPError as e:
         raise LabelStudioError(
             f"Label Studio at {base} does not answer ({type(e).__name__}); start it or fix LABEL_STUDIO_URL"
@@ -45,7 +53,7 @@ def connect(url: str, api_key: str, *, timeout_s: float = 30.0) -> LabelStudio:
         raise LabelStudioError(
             f"{base}/health answered HTTP {r.status_code}; is LABEL_STUDIO_URL a Label Studio server?"
         )
-    client = LabelStudio(base_url=base, api_key=api_key, timeout=timeout_s)
+    client = LabelStudio(base_url=base, api_key=api_key, timeout=timeout_s, httpx_client=http)
     try:
         client.users.whoami()
     except ApiError as e:
@@ -165,3 +173,112 @@ def iter_tasks(client: LabelStudio, project_id: int, *, page_size: int = 100) ->
     """Every task of the project with its annotations, as plain JSON dicts (paginated)."""
     for task in client.tasks.list(project=project_id, fields="all", page_size=page_size):
         yield task.model_dump(mode="json")
+
+
+def raw_get(client: LabelStudio, path: str, params: Any) -> Any:
+    """GET an API path the SDK does not cover well, through the client's retrying transport and auth."""
+    wrapper = client._client_wrapper  # the SDK's own auth headers (legacy token or refreshed PAT)
+    r = wrapper.httpx_client.httpx_client.get(
+        f"{wrapper.get_base_url()}{path}", params=params, headers=wrapper.get_headers()
+    )
+    if r.status_code in RETRY_STATUSES:
+        # The transport already retried these: an HTTPError, so callers report exhausted retries.
+        r.raise_for_status()
+    if r.status_code != 200:
+        raise LabelStudioError(f"GET {path} answered HTTP {r.status_code}: {r.text[:200]!r}")
+    return r.json()
+
+
+def project_task_count(client: LabelStudio, project_id: int) -> int:
+    """How many tasks the project has right now (one cheap request)."""
+    return int(client.projects.get(id=project_id).task_number or 0)
+
+
+def list_task_stamps(
+    client: LabelStudio, project_id: int, *, page_size: int = 5000, query: str | None = None
+) -> dict[int, str]:
+    """Task ids of the project (all, or those matching a Data Manager `query`) with their `updated_at`."""
+    out: dict[int, str] = {}
+    page = 1
+    extra = {"query": query} if query is not None else {}
+    while True:
+        body = raw_get(
+            client,
+            "/api/tasks",
+            {
+                **extra,
+                "project": project_id,
+                "fields": "task_only",
+                "include": "id,updated_at",
+                "page_size": page_size,
+                "page": page,
+            },
+        )
+        for t in body["tasks"]:
+            out[int(t["id"])] = str(t["updated_at"])
+        if len(out) >= int(body["total"]) or not body["tasks"]:
+            return out
+        page += 1
+
+
+def task_id_bounds(client: LabelStudio, project_id: int) -> tuple[int, int, int]:
+    """(lowest task id, highest task id, task count) of the project, in two tiny requests."""
+    ends = []
+    for ordering in ("tasks:id", "-tasks:id"):
+        body = raw_get(
+            client,
+            "/api/tasks",
+            {
+                "project": project_id,
+                "fields": "task_only",
+                "include": "id",
+                "page_size": 1,
+                "query": json.dumps({"ordering": [ordering]}),
+            },
+        )
+        if not body["tasks"]:
+            return 0, -1, 0
+        ends.append(int(body["tasks"][0]["id"]))
+    return ends[0], ends[1], int(body["total"])
+
+
+def export_tasks(client: LabelStudio, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The given tasks in Label Studio's JSON export format (annotations, drafts), in one request."""
+    params = [("export_type", "JSON"), ("download_all_tasks", "true")] + [("ids[]", i) for i in task_ids]
+    tasks = raw_get(client, f"/api/projects/{project_id}/export", params)
+    if not isinstance(tasks, list):
+        raise LabelStudioError(f"export of project {project_id} did not return a JSON list of tasks")
+    return tasks
+
+
+def updated_since_query(since_iso: str) -> str:
+    """The tasks API filter (Data Manager JSON) for tasks whose `updated_at` is after `since_iso`.
+
+    `updated_at` (not `completed_at`) is the field that moves when an annotation is created,
+    edited, skipped or deleted (checked against Label Studio 1.23); drafts do not move it.
+    """
+    # The server parses exactly `%Y-%m-%dT%H:%M:%S.%fZ` (HTTP 500 without the fraction): normalize to it.
+    since = datetime.fromisoformat(since_iso)
+    since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+    value = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": value}
+    return json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+
+
+def tasks_updated_since(
+    client: LabelStudio, project_id: int, since_iso: str, *, page_size: int = 100
+) -> Iterator[dict[str, Any]]:
+    """Tasks (with annotations and drafts) updated after `since_iso`, filtered on the server, paginated."""
+    query = updated_since_query(since_iso)
+    page, seen = 1, 0
+    while True:
+        body = raw_get(
+            client,
+            "/api/tasks",
+            {"project": project_id, "fields": "all", "page_size": page_size, "page": page, "query": query},
+        )
+        yield from body["tasks"]
+        seen += len(body["tasks"])
+        if seen >= int(body["total"]) or not body["tasks"]:
+            return
+        page += 1

@@ -1,0 +1,176 @@
+"""Forgetting-check cost vs training cost at the demo's settings (issue 5: eval must cost <= 15% of training).
+
+Run (builds the tiny model if DIR lacks one; a few minutes on 2 busy cores):
+    .venv/bin/python bench/eval_cost.py --tiny-model demo-output/tiny-model --rounds 3
+Writes bench/results/eval_cost.json and bench/results/eval_cost.md. Not run in CI (no timed tests).
+
+In one process, per round, one after another on the same data:
+  train      train_adapter with pipeline/data/demo.yaml on the demo's 200 sample pairs (held-out split as the flow)
+  harness    forgetting_check: lm-eval (HFLM on the loaded PeftModel) on the built-in suite, base inside
+             disable_adapter() then adapter, plus the paired bootstraps — what the flow runs
+  peer       our own batched scorer (pipeline.evaluate.score_suite) on the same suite, base + adapter:
+             the compute floor of the same work without lm-eval's request building
+The one-off import of lm-eval's evaluator and HF model modules is timed separately (paid once per process, not per adapter).
+Medians over rounds are reported, because 2-core machines shared with other work are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd
+import torch
+
+from pipeline.config import load_config
+from pipeline.demo import DEMO_CONFIG
+from pipeline.evaluate import forgetting_check, load_verified_adapter, score_suite
+from pipeline.formatting import build_examples
+from pipeline.general_suite import load_general_suite
+from pipeline.modeling import load_tokenizer
+from pipeline.records import records_frame
+from pipeline.sample_data import sample_pairs
+from pipeline.split import split_train_eval
+from pipeline.tiny_model import build_tiny_model
+from pipeline.train import train_adapter
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def demo_records(n: int = 200) -> pd.DataFrame:
+    rows = [
+        {
+            "task_id": i + 1,
+            "annotation_id": 1000 + i,
+            "project_id": 1,
+            "prompt": p["prompt"],
+            "response": p["response"],
+            "category": p["category"],
+            "annotator": "1",
+            "updated_at": "2026-01-01T00:00:00Z",
+            "ground_truth": False,
+            "system": None,
+            "context": None,
+        }
+        for i, p in enumerate(sample_pairs(n, seed=0))
+    ]
+    return records_frame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny-model", default="demo-output/tiny-model")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", default="/tmp/eval-cost-bench")
+    args = ap.parse_args()
+    tiny = Path(args.tiny_model)
+    if not (tiny / "config.json").is_file():
+        build_tiny_model(tiny)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = load_config(DEMO_CONFIG, base_model=str(tiny))
+    records = demo_records()
+    train_df, eval_df = split_train_eval(records, cfg.data.eval_fraction, "0" * 64)
+
+    t = time.perf_counter()
+    # lm_eval/__init__ is lazy: the evaluator and the HF model module are what the first check pays for.
+    import lm_eval.evaluator
+    import lm_eval.models.huggingface  # noqa: F401
+
+    import_s = time.perf_counter() - t
+    suite = load_general_suite()
+    # Compute floor: forward tokens the check scores (both sides) vs forward+backward (~3x) tokens trained.
+    tok = load_tokenizer(str(tiny))
+    eval_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in suite.texts) + sum(
+        len(tok(f"Question: {m.question}\nAnswer: {c}", add_special_tokens=False)["input_ids"])
+        for m in suite.mc_items
+        for c in m.choices
+    )
+    train_tokens = cfg.train.epochs * sum(len(e.input_ids) for e in build_examples(tok, train_df, cfg.data.max_length))
+    token_ratio = (2 * eval_tokens) / (3 * train_tokens)
+    rounds = []
+    for r in range(args.rounds):
+        t = time.perf_counter()
+        result = train_adapter(cfg, train_df, eval_df, Path(args.work) / f"adapter-{r}")
+        train_total = time.perf_counter() - t
+        model, tok = load_verified_adapter(cfg, result.adapter_dir)
+        t = time.perf_counter()
+        report = forgetting_check(model, tok, cfg)
+        harness_s = time.perf_counter() - t
+        t = time.perf_counter()
+        with model.disable_adapter():
+            score_suite(model, tok, suite, batch_size=cfg.eval.batch_size)
+        score_suite(model, tok, suite, batch_size=cfg.eval.batch_size)
+        peer_s = time.perf_counter() - t
+        rounds.append(
+            {
+                "train_loop_s": result.wall_time_s,
+                "train_total_s": train_total,
+                "train_steps": result.steps,
+                "forgetting_harness_s": harness_s,
+                "forgetting_peer_s": peer_s,
+                "ratio_harness_to_train_loop": harness_s / result.wall_time_s,
+                "ratio_peer_to_train_loop": peer_s / result.wall_time_s,
+                "mc_acc_base": report.comparison("general_suite_mc").base.value,
+                "mc_acc_adapter": report.comparison("general_suite_mc").adapter.value,
+            }
+        )
+        print(json.dumps(rounds[-1]))
+
+    def med(key: str) -> float:
+        return statistics.median(x[key] for x in rounds)
+
+    summary = {
+        "config": str(DEMO_CONFIG.name),
+        "train_rows": len(train_df),
+        "suite": {"mc_items": len(suite.mc_items), "texts": len(suite.texts)},
+        "lm_eval_import_s": import_s,
+        "eval_tokens_per_side": eval_tokens,
+        "train_tokens_processed": train_tokens,
+        "compute_ratio_estimate": token_ratio,
+        "median": {k: med(k) for k in rounds[0]},
+        "rounds": rounds,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "torch": torch.__version__,
+    }
+    m = summary["median"]
+    summary["ratio_harness_including_import"] = (m["forgetting_harness_s"] + import_s) / m["train_loop_s"]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "eval_cost.json").write_text(json.dumps(summary, indent=2))
+    md = [
+        "# Forgetting-check cost vs training (demo settings)",
+        "",
+        f"`{sys.executable.split('/')[-1]} bench/eval_cost.py --rounds {args.rounds}` — tiny model, "
+        f"`pipeline/data/demo.yaml`, {len(train_df)} training rows, built-in suite "
+        f"({len(suite.mc_items)} multiple-choice items x 4 choices + {len(suite.texts)} texts), base + adapter. "
+        f"Medians of {args.rounds} rounds on {os.cpu_count()} CPUs (shared, noisy).",
+        "",
+        "| what | seconds | / training loop |",
+        "|---|---|---|",
+        f"| training loop ({int(m['train_steps'])} steps) | {m['train_loop_s']:.2f} | 1.00 |",
+        f"| forgetting check via lm-eval (both sides + bootstrap) | {m['forgetting_harness_s']:.2f} | "
+        f"{m['ratio_harness_to_train_loop']:.2f} |",
+        f"| same suite, our batched scorer (peer) | {m['forgetting_peer_s']:.2f} | {m['ratio_peer_to_train_loop']:.2f} |",
+        f"| importing lm-eval's evaluator + HF model (once per process) | {import_s:.2f} | {import_s / m['train_loop_s']:.2f} |",
+        f"| compute floor: 2 x {eval_tokens} scored tokens vs 3 x {train_tokens} trained tokens | - | "
+        f"{token_ratio:.3f} |",
+        "",
+        f"Target: <= 0.15. lm-eval ratio {m['ratio_harness_to_train_loop']:.2f} "
+        f"({summary['ratio_harness_including_import']:.2f} with the import).",
+    ]
+    (RESULTS / "eval_cost.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

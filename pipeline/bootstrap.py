@@ -1,0 +1,94 @@
+"""Paired bootstrap intervals for adapter-minus-base deltas computed from per-item scores.
+
+Base and adapter are scored on the same items, so each resample draws item indices once and
+applies them to both sides: the interval reflects the noise of the comparison, not of two
+independent estimates (which would be much wider and hide real forgetting).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided percentile interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _ratio_of_sums(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """sum(num[idx]) / sum(den[idx]) per resample row; idx is (B, n)."""
+    return num[idx].sum(axis=1) / den[idx].sum(axis=1)
+
+
+def paired_delta(
+    base: tuple[Sequence[float], Sequence[float]],
+    adapter: tuple[Sequence[float], Sequence[float]],
+    *,
+    transform: Callable[[np.ndarray], np.ndarray] = lambda x: x,
+    kind: Literal["difference", "relative"] = "difference",
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Interval on `stat(adapter) - stat(base)` (or `/ stat(base) - 1` for kind="relative"), where
+    stat = transform(sum(numerators) / sum(denominators)) over the same resampled items.
+
+    Accuracy: numerators = 0/1 per item, denominators = 1. Perplexity: numerators = NLL, denominators
+    = tokens (or words), transform = exp.
+    """
+    b_num, b_den = np.asarray(base[0], dtype=float), np.asarray(base[1], dtype=float)
+    a_num, a_den = np.asarray(adapter[0], dtype=float), np.asarray(adapter[1], dtype=float)
+    n = len(b_num)
+    if n == 0 or not (len(b_den) == len(a_num) == len(a_den) == n):
+        raise ValueError(f"paired bootstrap needs the same non-zero number of items on both sides, got {n}")
+
+    def delta(b: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return a / b - 1.0 if kind == "relative" else a - b
+
+    everything = np.arange(n)[None, :]  # (1, n)
+    point = float(
+        delta(transform(_ratio_of_sums(b_num, b_den, everything)), transform(_ratio_of_sums(a_num, a_den, everything)))[
+            0
+        ]
+    )
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(samples, n))  # (B, n): the same items for base and adapter
+    draws = delta(transform(_ratio_of_sums(b_num, b_den, idx)), transform(_ratio_of_sums(a_num, a_den, idx)))
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("bootstrap produced a non-finite bound: an item has zero weight on every resample")
+    return Interval(estimate=point, low=float(low), high=float(high), confidence=confidence)
+
+
+def accuracy_delta(base_correct: Sequence[float], adapter_correct: Sequence[float], **kw: float | int) -> Interval:
+    """Adapter accuracy minus base accuracy (fractions), paired over items."""
+    ones = [1.0] * len(base_correct)
+    return paired_delta((base_correct, ones), (adapter_correct, ones), **kw)  # type: ignore[arg-type]
+
+
+def perplexity_change(
+    base: tuple[Sequence[float], Sequence[float]], adapter: tuple[Sequence[float], Sequence[float]], **kw: float | int
+) -> Interval:
+    """Relative perplexity change (adapter / base - 1) from per-item (NLL, weight) pairs."""
+    return paired_delta(base, adapter, transform=np.exp, kind="relative", **kw)  # type: ignore[arg-type]
+
+
+def loss_improvement(
+    base: tuple[Sequence[float], Sequence[float]], adapter: tuple[Sequence[float], Sequence[float]], **kw: float | int
+) -> Interval:
+    """Token-weighted mean loss of the base minus the adapter's (positive = the adapter is better)."""
+    return paired_delta(adapter, base, **kw)  # type: ignore[arg-type]

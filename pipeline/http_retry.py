@@ -1,0 +1,86 @@
+"""An httpx transport that retries Label Studio calls on 429, 5xx and dropped connections, with backoff.
+
+Every client call goes through it (the SDK takes it via `LabelStudio(httpx_client=...)`), so a
+flaky proxy or a restarting server costs time, not a failed nightly pull.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Safe to repeat: a GET that failed half-way is simply asked again.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# For other methods (POST creates annotations, PATCH marks tasks) only failures that prove the
+# server never acted: the connection was refused, or the server said "slow down / unavailable".
+_NEVER_APPLIED_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry one request."""
+
+    retries: int = 5
+    backoff_s: float = 0.5  # first wait; doubles per attempt, with jitter
+    max_backoff_s: float = 20.0
+
+    def wait_s(self, attempt: int, retry_after: str | None = None) -> float:
+        if retry_after is not None:
+            try:
+                return min(float(retry_after), self.max_backoff_s)
+            except ValueError:
+                pass  # an HTTP date: fall back to our own backoff
+        base = min(self.backoff_s * (2**attempt), self.max_backoff_s)
+        return base * (0.5 + random.random() / 2)
+
+
+class RetryTransport(httpx.BaseTransport):
+    """Wraps a transport; retries transient failures, then returns the last response or raises the last error."""
+
+    def __init__(self, policy: RetryPolicy, inner: httpx.BaseTransport | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        idempotent = request.method in IDEMPOTENT
+        for attempt in range(self.policy.retries + 1):
+            last = attempt == self.policy.retries
+            try:
+                response = self.inner.handle_request(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+                if last:
+                    raise
+                time.sleep(self.policy.wait_s(attempt))
+                continue
+            except (httpx.ReadError, httpx.ReadTimeout, httpx.WriteError, httpx.RemoteProtocolError):
+                # The request may have reached the server: repeat only what is safe to repeat.
+                if last or not idempotent:
+                    raise
+                time.sleep(self.policy.wait_s(attempt))
+                continue
+            retryable = response.status_code in (RETRY_STATUSES if idempotent else _NEVER_APPLIED_STATUSES)
+            if not retryable or last:
+                return response
+            retry_after = response.headers.get("Retry-After")
+            response.close()
+            time.sleep(self.policy.wait_s(attempt, retry_after))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def retrying_client(
+    *, timeout_s: float, policy: RetryPolicy, headers: dict[str, str] | None = None, base_url: str = ""
+) -> httpx.Client:
+    """An httpx client with per-request timeouts and the retrying transport."""
+    return httpx.Client(
+        transport=RetryTransport(policy),
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+        headers=headers,
+        base_url=base_url,
+    )

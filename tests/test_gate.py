@@ -1,0 +1,179 @@
+"""The promotion gate: paired bootstrap intervals, rules on interval bounds, and the tiny-model verdicts
+(an over-trained adapter trips the forgetting budget; a sane one passes every rule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.bootstrap import Interval, accuracy_delta, loss_improvement, perplexity_change
+from pipeline.config import GateConfig, PipelineConfig, load_config
+from pipeline.evaluate import ForgettingReport, TaskComparison
+from pipeline.gate import evaluate_gate
+from pipeline.harness import TaskScores
+from pipeline.promotion import Assessment, assess_adapter, write_artifacts
+from pipeline.task_eval import TaskEvaluation
+from pipeline.train import TrainResult, train_adapter
+from tests.conftest import make_records
+
+# ---- bootstrap -------------------------------------------------------------------------------
+
+
+def test_paired_interval_brackets_the_estimate_and_is_reproducible() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 2, 200).astype(float).tolist()
+    adapter = [b if rng.random() > 0.1 else 1 - b for b in base]
+    a = accuracy_delta(base, adapter, samples=500, seed=3)
+    b = accuracy_delta(base, adapter, samples=500, seed=3)
+    assert a == b
+    assert a.low <= a.estimate <= a.high
+    assert a.estimate == pytest.approx(np.mean(adapter) - np.mean(base))
+
+
+def test_pairing_makes_a_small_consistent_drop_detectable() -> None:
+    """Adapter wrong on exactly 3 of 100 items the base got right, nothing else changes: the paired
+    interval excludes zero although the two accuracies are close."""
+    base = [1.0] * 90 + [0.0] * 10
+    adapter = [0.0] * 3 + [1.0] * 87 + [0.0] * 10
+    d = accuracy_delta(base, adapter, samples=2000, seed=0)
+    assert d.estimate == pytest.approx(-0.03)
+    assert d.high <= 0.0 and d.low < -0.0
+
+
+def test_perplexity_change_is_relative_and_token_weighted() -> None:
+    nll_base, tokens = [10.0, 20.0, 30.0], [10.0, 20.0, 30.0]  # 1 nat/token -> ppl e
+    nll_adapter = [11.0, 22.0, 33.0]  # 1.1 nats/token
+    d = perplexity_change((nll_base, tokens), (nll_adapter, tokens), samples=200)
+    assert d.estimate == pytest.approx(np.exp(1.1) / np.exp(1.0) - 1)
+    assert d.low == pytest.approx(d.estimate) and d.high == pytest.approx(d.estimate)  # same per-token change
+
+
+def test_loss_improvement_sign() -> None:
+    d = loss_improvement(([5.0, 5.0], [1.0, 1.0]), ([4.0, 4.5], [1.0, 1.0]), samples=200)
+    assert d.estimate == pytest.approx(0.75) and d.low > 0
+
+
+def test_mismatched_item_counts_are_refused() -> None:
+    with pytest.raises(ValueError, match="same non-zero number of items"):
+        accuracy_delta([1.0, 0.0], [1.0], samples=100)
+
+
+# ---- rules on synthetic results -------------------------------------------------------------
+
+
+def _scores(task: str, kind: str, values: list[float], weights: list[float]) -> TaskScores:
+    return TaskScores(task=task, kind=kind, doc_ids=list(range(len(values))), values=values, weights=weights)  # type: ignore[arg-type]
+
+
+def _report(acc_delta: Interval, ppl_change: Interval) -> ForgettingReport:
+    mc = _scores("mc", "accuracy", [1.0, 1.0], [1.0, 1.0])
+    ppl = _scores("ppl", "perplexity", [1.0, 1.0], [1.0, 1.0])
+    return ForgettingReport(
+        suite="synthetic",
+        comparisons=[
+            TaskComparison("mc", "accuracy", mc, mc, acc_delta),
+            TaskComparison("ppl", "perplexity", ppl, ppl, ppl_change),
+        ],
+    )
+
+
+def _task(improvement: Interval, adapter_nll: float = 1.0) -> TaskEvaluation:
+    return TaskEvaluation(base_nll=[2.0], adapter_nll=[adapter_nll], tokens=[1], improvement=improvement)
+
+
+def test_rules_judge_the_interval_bound_not_the_point_estimate() -> None:
+    """Point estimates inside every budget, but each interval's pessimistic end outside it: the gate fails."""
+    gate = GateConfig()
+    verdict = evaluate_gate(
+        gate,
+        _task(Interval(0.2, -0.01, 0.4, 0.95)),  # improvement estimate > 0, lower bound < 0
+        _report(Interval(-0.01, -0.05, 0.02, 0.95), Interval(0.02, -0.01, 0.08, 0.95)),
+    )
+    assert not verdict.passed
+    assert verdict.failed_rules == ["task_improvement", "mc_accuracy_drop", "ppl_perplexity_increase"]
+    by_name = {r.name: r for r in verdict.rules}
+    assert by_name["mc_accuracy_drop"].value == pytest.approx(-5.0)  # points, the interval's low end
+    assert by_name["ppl_perplexity_increase"].value == pytest.approx(0.08)  # the interval's high end
+    assert verdict.metrics()["gate_passed"] == 0.0
+
+
+def test_all_bounds_within_budget_pass_and_the_champion_rule_compares_losses() -> None:
+    gate = GateConfig()
+    task = _task(Interval(0.5, 0.3, 0.7, 0.95), adapter_nll=1.0)
+    report = _report(Interval(-0.005, -0.015, 0.0, 0.95), Interval(0.01, 0.0, 0.04, 0.95))
+    assert evaluate_gate(gate, task, report).passed  # no champion yet
+    assert evaluate_gate(gate, task, report, champion_task_loss=1.2).passed
+    lost = evaluate_gate(gate, task, report, champion_task_loss=0.9)
+    assert lost.failed_rules == ["beats_champion"]
+    assert "Promotion gate: FAILED (beats_champion)" in lost.markdown()
+    # The champion rule can be switched off; budgets are configurable.
+    assert evaluate_gate(GateConfig(beat_champion=False), task, report, champion_task_loss=0.9).passed
+    assert not evaluate_gate(GateConfig(max_accuracy_drop_points=1.0), task, report).passed
+
+
+# ---- the tiny model: over-trained fails, sane passes ------------------------------------------
+
+
+def _train(
+    tiny: Path, out: Path, train_df: pd.DataFrame, held: pd.DataFrame, **knobs: dict
+) -> tuple[PipelineConfig, TrainResult]:
+    cfg = load_config(base_model=str(tiny), eval={"generation_samples": 2, "max_new_tokens": 16}, **knobs)
+    return cfg, train_adapter(cfg, train_df, held, out)
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[pd.DataFrame, pd.DataFrame]:
+    records = make_records(64)
+    return records.iloc[:48], records.iloc[48:]
+
+
+@pytest.mark.slow
+def test_overtrained_adapter_trips_the_forgetting_gate(
+    tiny_model_dir: Path, tmp_path: Path, split: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    """High LR, all linear layers, many epochs on narrow ferry data: task loss improves, general ability
+    collapses, and the gate fails on the forgetting rules (while the task rule passes)."""
+    cfg, result = _train(
+        tiny_model_dir,
+        tmp_path / "hot",
+        *split,
+        lora={"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear"},
+        train={"learning_rate": 1e-2, "epochs": 4, "batch_size": 8},
+    )
+    assessment = assess_adapter(cfg, result.adapter_dir, split[1])
+    failed = assessment.verdict.failed_rules
+    assert "general_suite_mc_accuracy_drop" in failed and "general_suite_ppl_perplexity_increase" in failed
+    assert "task_improvement" not in failed
+
+
+@pytest.mark.slow
+def test_sane_adapter_passes_every_rule_and_writes_the_report(
+    tiny_model_dir: Path, tmp_path: Path, split: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    """Low LR on q/v only for two epochs: the held-out loss improves (lower bound > 0) and the
+    general suite stays within budget at the interval's bound."""
+    cfg, result = _train(
+        tiny_model_dir,
+        tmp_path / "sane",
+        *split,
+        lora={"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "qv"},
+        train={"learning_rate": 1e-3, "epochs": 2, "batch_size": 8},
+    )
+    assessment: Assessment = assess_adapter(cfg, result.adapter_dir, split[1])
+    assert assessment.verdict.passed, assessment.report_markdown()
+    assert assessment.task.improvement.low > 0
+    out = write_artifacts(assessment, result.history, tmp_path / "evaluation")
+    assert {p.name for p in out.iterdir()} >= {
+        "gate_report.md",
+        "gate_verdict.json",
+        "forgetting.json",
+        "task_eval.json",
+        "side_by_side.html",
+        "forgetting.png",
+        "loss_curves.png",
+    }
+    assert (out / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Promotion gate: PASSED" in (out / "gate_report.md").read_text()

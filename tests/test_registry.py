@@ -1,0 +1,94 @@
+"""Registering a gated adapter in a real MLflow server's model registry, and the champion comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from peft import PeftModel
+
+from pipeline.config import PipelineConfig, load_config
+from pipeline.promotion import assess_adapter, promote
+from pipeline.registry import CANDIDATE, CHAMPION, MODEL_ARTIFACT, TAG_BASE_WEIGHTS, get_alias
+from pipeline.train import TrainResult, train_adapter
+from tests.conftest import make_records
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sane(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[PipelineConfig, TrainResult, pd.DataFrame]:
+    records = make_records(64)
+    train_df, held = records.iloc[:48], records.iloc[48:]
+    cfg = load_config(
+        base_model=str(tiny_model_dir),
+        lora={"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "qv"},
+        train={"learning_rate": 1e-3, "epochs": 2, "batch_size": 8},
+        eval={"generation_samples": 2, "max_new_tokens": 8},
+        gate={"registered_model": "registry-test"},
+    )
+    return cfg, train_adapter(cfg, train_df, held, tmp_path_factory.mktemp("sane")), held
+
+
+def _new_run(uri: str) -> str:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("registry-test") or client.get_experiment(
+        client.create_experiment("registry-test")
+    )
+    return client.create_run(exp.experiment_id).info.run_id
+
+
+def test_passing_adapter_is_registered_as_candidate_referencing_its_base(
+    mlflow_server: str, tiny_model_dir: Path, sane: tuple[PipelineConfig, TrainResult, pd.DataFrame], tmp_path: Path
+) -> None:
+    cfg, result, held = sane
+    assert get_alias(mlflow_server, "registry-test", CHAMPION) is None
+    assessment = assess_adapter(cfg, result.adapter_dir, held, tracking_uri=mlflow_server)
+    assert assessment.verdict.passed, assessment.report_markdown()
+    assert "no `champion` alias" in assessment.champion_note
+    run_id = _new_run(mlflow_server)
+
+    version = promote(cfg, result.adapter_dir, assessment, tracking_uri=mlflow_server, run_id=run_id)
+
+    assert version is not None and CANDIDATE in version.aliases and CHAMPION not in version.aliases
+    assert get_alias(mlflow_server, "registry-test", CANDIDATE).version == version.version
+    assert version.run_id == run_id
+    assert version.tags[TAG_BASE_WEIGHTS] == result.manifest["base_model"]["weights_hash"]
+    # Adapter only: the PEFT weights are there, the base weights are referenced, not copied.
+    client = MlflowClient(mlflow_server)
+    files = {f.path for f in client.list_artifacts(run_id, f"{MODEL_ARTIFACT}/peft")}
+    assert f"{MODEL_ARTIFACT}/peft/adapter_model.safetensors" in files
+    assert not client.list_artifacts(run_id, f"{MODEL_ARTIFACT}/model")
+    local = Path(client.download_artifacts(run_id, f"{MODEL_ARTIFACT}/MLmodel", str(tmp_path)))
+    flavor = yaml.safe_load(local.read_text())["flavors"]["transformers"]
+    assert flavor["local_base_model_path"] == str(tiny_model_dir.resolve())
+    # The registry URI loads back as a PEFT model on the referenced base.
+    mlflow.set_tracking_uri(mlflow_server)
+    components = mlflow.transformers.load_model(f"models:/registry-test@{CANDIDATE}", return_type="components")
+    assert isinstance(components["model"], PeftModel)
+
+
+def test_auto_promotion_sets_champion_and_an_adapter_cannot_beat_itself(
+    mlflow_server: str, sane: tuple[PipelineConfig, TrainResult, pd.DataFrame]
+) -> None:
+    """With auto_promote the adapter becomes champion; assessed again, the champion is loaded next to it
+    on the same base and scores the same held-out loss, so `beats_champion` (strictly lower) fails."""
+    cfg, result, held = sane
+    auto = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"auto_promote": True})})
+    first = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
+    version = promote(auto, result.adapter_dir, first, tracking_uri=mlflow_server, run_id=_new_run(mlflow_server))
+    assert version is not None and CHAMPION in version.aliases
+
+    again = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
+    assert again.champion_version == version.version
+    assert again.champion_task_loss == pytest.approx(again.task.adapter_loss, rel=1e-6)
+    assert again.verdict.failed_rules == ["beats_champion"]
+    assert promote(auto, result.adapter_dir, again, tracking_uri=mlflow_server, run_id="unused") is None
+    assert dataclasses.asdict(again.verdict)["rules"][-1]["name"] == "beats_champion"
