@@ -29,8 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcome = lora_pipeline_flow(config_path=args.config, work_dir=args.work_dir, base_model=args.base_model)
     print(outcome.reconciliation_table)
     print(f"MLflow run {outcome.run_id}")
-    for k, v in sorted(outcome.metrics.items()):
-        print(f"  {k:<28}{v:.4f}")
+    _print_metrics(outcome.metrics)
     print(f"promotion gate: {_verdict(outcome.gate_passed, outcome.registered_version)}")
     return 0
 
@@ -73,6 +72,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result.quarantined.empty and not result.errors else 1
 
 
+def _print_metrics(metrics: dict[str, float]) -> None:
+    width = max((len(k) for k in metrics), default=0) + 2
+    for k, v in sorted(metrics.items()):
+        print(f"  {k:<{width}}{v:.4f}")
+
+
 def _verdict(passed: bool, version: str | None) -> str:
     if passed:
         return f"PASS, registered as version {version}"
@@ -87,8 +92,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("=" * 72)
     print(out["reconciliation"])
     print(f"MLflow run:    {out['run_id']}")
-    for k, v in sorted(out["metrics"].items()):
-        print(f"  {k:<28}{v:.4f}")
+    _print_metrics(out["metrics"])
     print(f"promotion gate: {_verdict(out['gate_passed'], out['registered_version'])}")
     print(f"adapter:       {out['adapter_dir']}")
     print(f"snapshot:      {out['snapshot_dir']}")
