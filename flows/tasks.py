@@ -115,17 +115,23 @@ def start_tracking(config: PipelineConfig, prepared: PreparedDataset, flow_run_i
     return run_id
 
 
-@task
-def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapters_root: str) -> TrainResult:
-    """Split the snapshot and train the adapter, streaming step metrics to the MLflow run."""
-    settings = Settings()
+def _split(config: PipelineConfig, prepared: PreparedDataset) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The snapshot's train/eval split; one function so training and evaluation always see the same one."""
     snapshot = prepared.snapshot
-    train_df, eval_df = split_train_eval(
+    return split_train_eval(
         snapshot.records,
         config.data.eval_fraction,
         snapshot.hash,
         near_duplicate_threshold=config.validation.near_duplicate_threshold,
     )
+
+
+@task
+def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapters_root: str) -> TrainResult:
+    """Split the snapshot and train the adapter, streaming step metrics to the MLflow run."""
+    settings = Settings()
+    snapshot = prepared.snapshot
+    train_df, eval_df = _split(config, prepared)
     out = Path(adapters_root) / run_id
     result = train_adapter(
         config,
@@ -160,13 +166,7 @@ def evaluate(config: PipelineConfig, result: TrainResult, prepared: PreparedData
     per-item scores, the side-by-side table, plots and the adapter itself."""
     settings = Settings()
     uri = settings.mlflow_tracking_uri
-    snapshot = prepared.snapshot
-    _, eval_df = split_train_eval(
-        snapshot.records,
-        config.data.eval_fraction,
-        snapshot.hash,
-        near_duplicate_threshold=config.validation.near_duplicate_threshold,
-    )
+    _, eval_df = _split(config, prepared)
     assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri)
     tracking.log_metrics(uri, run_id, assessment.metrics())
     out = write_artifacts(assessment, result.history, result.adapter_dir.parent / f"{run_id}-evaluation")

@@ -19,7 +19,7 @@ from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
 from pipeline.http_retry import RetryPolicy
-from pipeline.labelstudio.client import connect, raw_get
+from pipeline.labelstudio.client import connect, iter_task_fields
 from pipeline.records import NORMALIZE_HINTS
 from schemas.pairs import FIX_HINTS
 
@@ -68,27 +68,11 @@ def marked_tasks(client: LabelStudio, project_id: int) -> dict[int, dict[str, An
         }
     )
     out: dict[int, dict[str, Any]] = {}
-    page = 1
-    while True:
-        body = raw_get(
-            client,
-            "/api/tasks",
-            {
-                "project": project_id,
-                "fields": "task_only",
-                "include": "id,meta",
-                "page_size": 1000,
-                "page": page,
-                "query": query,
-            },
-        )
-        for t in body["tasks"]:
-            meta = t.get("meta") if isinstance(t.get("meta"), dict) else {}
-            if MARKER_KEY in meta:
-                out[int(t["id"])] = meta
-        if page * 1000 >= int(body["total"]) or not body["tasks"]:
-            return out
-        page += 1
+    for t in iter_task_fields(client, project_id, "id,meta", page_size=1000, query=query):
+        meta = t.get("meta") if isinstance(t.get("meta"), dict) else {}
+        if MARKER_KEY in meta:
+            out[int(t["id"])] = meta
+    return out
 
 
 def ensure_view(client: LabelStudio, project_id: int, title: str) -> int:

@@ -194,12 +194,12 @@ def project_task_count(client: LabelStudio, project_id: int) -> int:
     return int(client.projects.get(id=project_id).task_number or 0)
 
 
-def list_task_stamps(
-    client: LabelStudio, project_id: int, *, page_size: int = 5000, query: str | None = None
-) -> dict[int, str]:
-    """Task ids of the project (all, or those matching a Data Manager `query`) with their `updated_at`."""
-    out: dict[int, str] = {}
+def iter_task_fields(
+    client: LabelStudio, project_id: int, include: str, *, page_size: int = 5000, query: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Tasks of the project (all, or those matching a Data Manager `query`) with only the `include` fields."""
     page = 1
+    seen = 0
     extra = {"query": query} if query is not None else {}
     while True:
         body = raw_get(
@@ -209,16 +209,26 @@ def list_task_stamps(
                 **extra,
                 "project": project_id,
                 "fields": "task_only",
-                "include": "id,updated_at",
+                "include": include,
                 "page_size": page_size,
                 "page": page,
             },
         )
-        for t in body["tasks"]:
-            out[int(t["id"])] = str(t["updated_at"])
-        if len(out) >= int(body["total"]) or not body["tasks"]:
-            return out
+        yield from body["tasks"]
+        seen += len(body["tasks"])
+        if seen >= int(body["total"]) or not body["tasks"]:
+            return
         page += 1
+
+
+def list_task_stamps(
+    client: LabelStudio, project_id: int, *, page_size: int = 5000, query: str | None = None
+) -> dict[int, str]:
+    """Task ids of the project (all, or those matching a Data Manager `query`) with their `updated_at`."""
+    return {
+        int(t["id"]): str(t["updated_at"])
+        for t in iter_task_fields(client, project_id, "id,updated_at", page_size=page_size, query=query)
+    }
 
 
 def task_id_bounds(client: LabelStudio, project_id: int) -> tuple[int, int, int]:
