@@ -30,7 +30,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd
 import torch
 
 from pipeline.config import load_config
@@ -39,33 +38,12 @@ from pipeline.evaluate import forgetting_check, load_verified_adapter, score_sui
 from pipeline.formatting import build_examples
 from pipeline.general_suite import load_general_suite
 from pipeline.modeling import load_tokenizer
-from pipeline.records import records_frame
-from pipeline.sample_data import sample_pairs
+from pipeline.sample_data import sample_records
 from pipeline.split import split_train_eval
 from pipeline.tiny_model import build_tiny_model
 from pipeline.train import train_adapter
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def demo_records(n: int = 200) -> pd.DataFrame:
-    rows = [
-        {
-            "task_id": i + 1,
-            "annotation_id": 1000 + i,
-            "project_id": 1,
-            "prompt": p["prompt"],
-            "response": p["response"],
-            "category": p["category"],
-            "annotator": "1",
-            "updated_at": "2026-01-01T00:00:00Z",
-            "ground_truth": False,
-            "system": None,
-            "context": None,
-        }
-        for i, p in enumerate(sample_pairs(n, seed=0))
-    ]
-    return records_frame(rows)
 
 
 def main() -> None:
@@ -79,7 +57,7 @@ def main() -> None:
         build_tiny_model(tiny)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_config(DEMO_CONFIG, base_model=str(tiny))
-    records = demo_records()
+    records = sample_records()
     train_df, eval_df = split_train_eval(records, cfg.data.eval_fraction, "0" * 64)
 
     t = time.perf_counter()

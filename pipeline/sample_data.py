@@ -11,7 +11,10 @@ import random
 from functools import lru_cache
 from typing import NamedTuple
 
+import pandas as pd
+
 from pipeline.general_suite import load_general_suite
+from pipeline.records import records_frame
 
 CATEGORIES: tuple[str, ...] = ("schedules", "tickets", "lost_property", "accessibility")
 
@@ -345,6 +348,27 @@ def sample_pairs(n: int = 200, seed: int = 0) -> list[dict[str, str]]:
                 picked.append({"prompt": prompt, "response": response, "category": cat})
     rng.shuffle(picked)  # so that the order does not leak the category rotation
     return picked
+
+
+def sample_records(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """`sample_pairs(n, seed)` as a PairRecords frame (task ids 1..n), for tests and benchmarks without Label Studio."""
+    rows = [
+        {
+            "task_id": i + 1,
+            "annotation_id": 1000 + i,
+            "project_id": 1,
+            "prompt": p["prompt"],
+            "response": p["response"],
+            "category": p["category"],
+            "annotator": "1",
+            "updated_at": "2026-01-01T00:00:00Z",
+            "ground_truth": False,
+            "system": None,
+            "context": None,
+        }
+        for i, p in enumerate(sample_pairs(n, seed=seed))
+    ]
+    return records_frame(rows)
 
 
 def sample_corpus() -> list[str]:

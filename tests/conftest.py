@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from pipeline.labelstudio.server import LocalLabelStudio, free_port
+from pipeline.sample_data import sample_records
 from pipeline.tiny_model import build_tiny_model
 
 
@@ -100,23 +101,4 @@ def prefect_harness() -> Iterator[None]:
 
 def make_records(n: int = 48, seed: int = 0) -> pd.DataFrame:
     """PairRecords built straight from the packaged sample pairs (no Label Studio needed)."""
-    from pipeline.records import records_frame
-    from pipeline.sample_data import sample_pairs
-
-    rows = [
-        {
-            "task_id": i + 1,
-            "annotation_id": 1000 + i,
-            "project_id": 1,
-            "prompt": p["prompt"],
-            "response": p["response"],
-            "category": p["category"],
-            "annotator": "1",
-            "updated_at": "2026-01-01T00:00:00Z",
-            "ground_truth": False,
-            "system": None,
-            "context": None,
-        }
-        for i, p in enumerate(sample_pairs(n, seed=seed))
-    ]
-    return records_frame(rows)
+    return sample_records(n, seed=seed)
