@@ -14,12 +14,14 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from pipeline.evaluate import check_manifest_matches
 from pipeline.modeling import is_quantized, load_base_model, load_tokenizer
+from pipeline.train import MANIFEST
 
 
 def adapter_base_model(adapter_dir: Path) -> str:
     """The base model recorded in the adapter's manifest (or PEFT's adapter_config.json)."""
-    manifest = adapter_dir / "manifest.json"
+    manifest = adapter_dir / MANIFEST
     if manifest.is_file():
         return str(json.loads(manifest.read_text())["base_model"]["model_id"])
     peft_cfg = adapter_dir / "adapter_config.json"
@@ -47,11 +49,17 @@ def export_merged(
     base_id = base_model or adapter_base_model(adapter)
     dev = torch.device(device)
     base = load_base_model(base_id, dev)  # never quantized: see the module docstring
-    merged = merge_into(PeftModel.from_pretrained(base, str(adapter), is_trainable=False))
+    model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    # The adapter directory holds the tokenizer it was trained with (chat template included).
+    tok_source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(base_id)
+    tokenizer = load_tokenizer(str(tok_source))
+    manifest = adapter / MANIFEST
+    if manifest.is_file():
+        # The same guard as evaluation: never merge an adapter into a base it was not trained on.
+        check_manifest_matches(json.loads(manifest.read_text()), base_id, model, load_tokenizer(base_id))
+    merged = merge_into(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)
-    # The adapter directory holds the tokenizer it was trained with (chat template included).
-    tok_source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(base_id)
-    load_tokenizer(str(tok_source)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out

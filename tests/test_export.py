@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.export import merge_into
+from pipeline.export import export_merged, merge_into
+from pipeline.tiny_model import build_tiny_model
 from pipeline.train import train_adapter
 from tests.conftest import make_records
 
@@ -64,3 +65,12 @@ def test_export_of_a_missing_adapter_is_a_one_line_error(tmp_path: Path, capsys:
     """A directory that is not an adapter gives exit code 2 and a message naming it."""
     assert main(["export", str(tmp_path), "--merged", str(tmp_path / "out")]) == 2
     assert "is not a PEFT adapter directory" in capsys.readouterr().err
+
+
+def test_export_onto_another_base_is_refused_by_the_manifest_check(trained_adapter: Path, tmp_path: Path) -> None:
+    """Merging into a base other than the one in the manifest fails before anything is written."""
+    other = build_tiny_model(tmp_path / "other-base", pretrain_steps=5, seed=1)
+    out = tmp_path / "merged"
+    with pytest.raises(ValueError, match="weights_hash does not match"):
+        export_merged(trained_adapter, out, base_model=str(other))
+    assert not out.exists()
