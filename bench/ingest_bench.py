@@ -1,27 +1,51 @@
 """Label Studio pull benchmark: our chunked full + incremental pull vs the SDK's paginated list and the sync export.
 
-Run (starts its own Label Studio on a free loopback port; about 5 minutes on 2 cores):
-    .venv/bin/python bench/ingest_bench.py --tasks 10000
-Writes bench/results/ingest.json and bench/results/ingest.md. Not run in CI (no timed tests).
+Run (starts its own Label Studio on free loopback ports and seeds it; about 20 minutes on 2 cores):
+    .venv/bin/python bench/ingest_bench.py --tasks 10000 --rounds 3 --configs 2x900 4x900 \
+        --servers dev gunicorn:2 gunicorn:4 --memory-sizes 2000 10000
+Writes bench/results/ingest.json and bench/results/ingest.md (`--out NAME` for NAME.json/.md). Not run in CI.
 
-All methods run in one process against the same server, one after another:
-  (a) sdk_paginated   `ls.tasks.list(project=..., fields="all", page_size=100)`, every page
-  (b) sync_export     one `GET /api/projects/{id}/export?export_type=JSON&download_all_tasks=true`
-  (c) full_pull       pipeline.labelstudio.pull.pull_tasks(full=True): id-range chunks via the export
-                      endpoint, `workers` requests in flight, normalized to PairRecords, task file written
-  (d) incremental     the same after 1% of tasks had an annotation edited
-Per method: wall time, tasks/s, the slowest single request and the largest single response body.
+Servers (`--servers`, each measured in turn over the same seeded data dir and SQLite database):
+  dev          `label-studio start`: Django's single-process development server (runserver), which runs one
+               request's Python at a time. It seeds the data dir (migrations, admin user, API token) first.
+  gunicorn:N   the same Label Studio, settings and database served by gunicorn with N sync worker processes,
+               the model of Label Studio's Docker image (uwsgi, several processes, 1 thread each). gunicorn is
+               installed into .venv-labelstudio on demand (`pip install gunicorn`); see bench/ls_gunicorn.py.
+
+Methods, all in this process against the server under test:
+  (a)  sdk_paginated        `ls.tasks.list(project=..., fields="all", page_size=100)`, every page (once per server)
+  (b)  sync_export          one `GET /api/projects/{id}/export?export_type=JSON&download_all_tasks=true`, parsed
+  (b') sync_export+normalize (b), then exactly the client work our pull does: canonical tasks in id order,
+                            normalized to PairRecords (`stored_task`), the task store written (`StoreWriter`),
+                            outcomes collected into the three frames, the watermark's recent-stamp scan
+  (c)  full_pull WxC        pipeline.labelstudio.pull.pull_tasks(full=True): id-range export chunks of at most C
+                            ids, W requests in flight, normalized, task store written
+  (d)  incremental          pull_tasks() from the previous pull's watermark after 1% of tasks had an annotation
+                            edited (a fresh 1% each round)
+(b), (b') and (c) alternate for `--rounds` rounds (their order rotates each round), then (d); the summary
+compares medians per server. Per method: wall time, tasks/s, requests, the slowest single request, the
+largest response body, client CPU seconds and Label Studio's CPU seconds (all its processes, from /proc).
+
+Client memory: a full pull runs in a fresh subprocess per project size under tracemalloc (against the dev
+server). `peak` is the most memory Python held during the pull; `result` what it still holds afterwards (the
+PairRecords frames, which grow with the project by nature); `working = peak - result` is what fetching and
+normalizing cost on top, which must not grow with the project size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +53,20 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ls_gunicorn import GunicornLabelStudio, ensure_gunicorn, gunicorn_version
+
 from pipeline.config import LabelStudioConfig
+from pipeline.incremental import canonical_task, overlap_floor, updated_after
 from pipeline.labelstudio import client as ls_client
 from pipeline.labelstudio.client import annotation_result, connect, ensure_project
 from pipeline.labelstudio.pull import pull_tasks
-from pipeline.labelstudio.server import LocalLabelStudio
+from pipeline.labelstudio.server import LocalLabelStudio, find_label_studio_bin
+from pipeline.labelstudio.task_store import STORE_DIR, StoreWriter, stored_task
+from pipeline.records import OutcomeCollector
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CATS = ("billing", "shipping")
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 class RequestLog:
@@ -58,6 +88,19 @@ class RequestLog:
         self.largest_bytes = max(self.largest_bytes, len(response.content))
 
 
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (the server and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 def seed(client: Any, project_id: int, n: int) -> list[int]:
     """n tasks: 96% annotated, 2% skipped, 2% untouched; imported with their annotations in batches."""
     ids: list[int] = []
@@ -76,136 +119,372 @@ def seed(client: Any, project_id: int, n: int) -> list[int]:
     return ids
 
 
-def measure(name: str, log: RequestLog, fn: Callable[[], int], n_expected: int) -> dict[str, Any]:
-    log.reset()
-    t0 = time.perf_counter()
-    n = fn()
-    wall = time.perf_counter() - t0
-    if n != n_expected:
-        raise AssertionError(f"{name} returned {n} tasks, expected {n_expected}")
-    row = {
-        "method": name,
-        "tasks": n,
-        "wall_s": round(wall, 2),
-        "tasks_per_s": round(n / wall, 1),
-        "requests": log.count,
-        "slowest_request_s": round(log.slowest_s, 2),
-        "largest_response_mb": round(log.largest_bytes / 1e6, 2),
+def edit(client: Any, project_id: int, task_ids: list[int], tag: str) -> None:
+    """Edit the submitted annotation of each task (or add one), as annotators fixing rows would."""
+    for t in ls_client.export_tasks(client, project_id, task_ids):
+        anns = [a for a in t["annotations"] if not a["was_cancelled"]]
+        result = annotation_result(f"Edited {t['id']} ({tag}).", "billing")
+        if anns:
+            client.annotations.update(id=anns[0]["id"], result=result)
+        else:
+            client.annotations.create(id=t["id"], result=result)
+
+
+def bench_client(url: str, token: str, log: RequestLog) -> Any:
+    # A generous timeout so that (b), one request for the whole project, is measured rather than cut off.
+    client = connect(url, token, timeout_s=900)
+    # Hooks on the client's own httpx client: every SDK and raw call is measured.
+    client._client_wrapper.httpx_client.httpx_client.event_hooks = {
+        "request": [log.on_request],
+        "response": [log.on_response],
     }
-    print(json.dumps(row), flush=True)
+    return client
+
+
+def _config(project_id: int, spec: str) -> LabelStudioConfig:
+    workers, chunk = (int(x) for x in spec.split("x"))
+    return LabelStudioConfig(project_id=project_id, categories=CATS, workers=workers, export_chunk_size=chunk)
+
+
+class Bench:
+    """The methods of one server, measured with the request log and the server's CPU counter."""
+
+    def __init__(self, server: str, url: str, token: str, pgid: int, project_id: int, scratch: Path) -> None:
+        self.server, self.url, self.pgid, self.project_id = server, url, pgid, project_id
+        self.log = RequestLog()
+        self.client = bench_client(url, token, self.log)
+        self.snapshots = scratch / f"snapshots-{server}"
+        self.last_source: dict[str, Any] = {}
+
+    def measure(self, name: str, fn: Callable[[], int], n_expected: int) -> dict[str, Any]:
+        self.log.reset()
+        server0, cpu0, t0 = group_cpu_s(self.pgid), time.process_time(), time.perf_counter()
+        n = fn()
+        wall = time.perf_counter() - t0
+        cpu, server_cpu = time.process_time() - cpu0, group_cpu_s(self.pgid) - server0
+        if n != n_expected:
+            raise AssertionError(f"{self.server}: {name} returned {n} tasks, expected {n_expected}")
+        row = {
+            "server": self.server,
+            "method": name,
+            "tasks": n,
+            "wall_s": round(wall, 2),
+            "tasks_per_s": round(n / wall, 1),
+            "requests": self.log.count,
+            "slowest_request_s": round(self.log.slowest_s, 2),
+            "largest_response_mb": round(self.log.largest_bytes / 1e6, 2),
+            "client_cpu_s": round(cpu, 2),
+            "server_cpu_s": round(server_cpu, 2),
+        }
+        print(json.dumps(row), flush=True)
+        return row
+
+    def sdk_paginated(self) -> int:
+        return sum(1 for _ in self.client.tasks.list(project=self.project_id, fields="all", page_size=100))
+
+    def _export_all(self) -> list[dict[str, Any]]:
+        body = ls_client.raw_get(
+            self.client,
+            f"/api/projects/{self.project_id}/export",
+            {"export_type": "JSON", "download_all_tasks": "true"},
+        )
+        assert isinstance(body, list)
+        return body
+
+    def sync_export(self) -> int:
+        return len(self._export_all())
+
+    def sync_export_normalized(self) -> int:
+        """(b'): the single export, then the client work of pull_tasks(full=True) on its tasks."""
+        cfg = _config(self.project_id, "1x900")
+        tasks = sorted((canonical_task(t) for t in self._export_all()), key=lambda t: t["id"])
+        floor = overlap_floor(datetime.now(UTC), cfg.watermark_overlap_s)
+        collector, recent = OutcomeCollector(), {}
+        with StoreWriter(self.snapshots / STORE_DIR, self.project_id) as store:
+            for task in tasks:
+                item = stored_task(task, project_id=self.project_id, rule=cfg.annotation_rule)
+                store.write(item)
+                collector.add(item.outcome)
+                if item.stamp is not None and updated_after(item.stamp, floor):
+                    recent[str(item.id)] = item.stamp
+        return collector.result(sort_by_task_id=True).tasks_seen
+
+    def pull(self, spec: str, full: bool) -> Callable[[], int]:
+        def run() -> int:
+            pulled = pull_tasks(
+                self.client,
+                self.url,
+                self.project_id,
+                _config(self.project_id, spec),
+                snapshots_root=self.snapshots,
+                full=full,
+            )
+            self.last_source = dict(pulled.source)
+            # The next incremental pull starts from this watermark, which lives in a snapshot's metadata.
+            snap = self.snapshots / "00000000T000000000000Z-bench"
+            snap.mkdir(parents=True, exist_ok=True)
+            (snap / "snapshot.json").write_text(json.dumps({"source": pulled.source}))
+            return pulled.normalized.tasks_seen
+
+        return run
+
+    def rounds(self, ids: list[int], args: argparse.Namespace, first_round: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if not args.skip_sdk:
+            rows.append(self.measure("sdk_paginated (a)", self.sdk_paginated, len(ids)))
+        for r in range(1, args.rounds + 1):
+            methods: list[tuple[str, Callable[[], int]]] = [
+                ("sync_export (b)", self.sync_export),
+                ("sync_export+normalize (b')", self.sync_export_normalized),
+                *((f"full_pull {spec}", self.pull(spec, True)) for spec in args.configs),
+            ]
+            shift = (r - 1) % len(methods)
+            for name, fn in methods[shift:] + methods[:shift]:
+                rows.append(self.measure(f"{name} round {r}", fn, len(ids)))
+            # The incremental pull starts from the watermark of this round's last full pull.
+            k = first_round + r - 1
+            changed = ids[k % 100 :: 100]
+            edit(self.client, self.project_id, changed, f"{self.server} round {r}")
+            rows.append(self.measure(f"incremental 1% round {r}", self.pull(args.configs[0], False), len(ids)))
+            if self.last_source["mode"] != "incremental" or self.last_source["tasks_changed"] != len(changed):
+                raise AssertionError(
+                    f"{self.server}: incremental pull fetched {self.last_source['tasks_changed']}, "
+                    f"expected {len(changed)}"
+                )
+        return rows
+
+
+def memory_child() -> int:
+    """In a fresh interpreter: one full pull under tracemalloc; prints its memory figures as JSON."""
+    url, token, project_id, spec = (os.environ[k] for k in ("BENCH_URL", "BENCH_TOKEN", "BENCH_PROJECT", "BENCH_SPEC"))
+    client = connect(url, token, timeout_s=300)
+    root = Path(tempfile.mkdtemp(prefix="ingest-bench-mem-"))
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    pulled = pull_tasks(client, url, int(project_id), _config(int(project_id), spec), snapshots_root=root, full=True)
+    after, peak = tracemalloc.get_traced_memory()
+    print(
+        json.dumps(
+            {
+                "tasks": pulled.normalized.tasks_seen,
+                "peak_mb": round((peak - before) / 1e6, 1),
+                "result_mb": round((after - before) / 1e6, 1),
+                "working_mb": round((peak - after) / 1e6, 1),
+            }
+        )
+    )
+    return 0
+
+
+def memory_at(url: str, token: str, project_id: int, spec: str) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_URL": url, "BENCH_TOKEN": token, "BENCH_PROJECT": str(project_id), "BENCH_SPEC": spec}
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps({"memory": row}), flush=True)
     return row
+
+
+def _server_workers(spec: str) -> int:
+    """0 for `dev`, N for `gunicorn:N`."""
+    if spec == "dev":
+        return 0
+    kind, _, n = spec.partition(":")
+    if kind != "gunicorn" or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"--servers: {spec!r} is neither `dev` nor `gunicorn:N` (N worker processes, N >= 1)")
+    return int(n)
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of (b), (b'), (c) and (d)")
+    ap.add_argument("--configs", nargs="+", default=["2x900"], help="full-pull settings WORKERSxCHUNK to compare")
     ap.add_argument(
-        "--configs", nargs="+", default=["2x500", "2x900", "4x900"], help="full-pull settings WORKERSxCHUNK to compare"
+        "--servers", nargs="+", default=["dev"], help="Label Studio servers to measure: dev and/or gunicorn:N"
     )
+    ap.add_argument(
+        "--memory-sizes", nargs="*", type=int, default=[2000], help="project sizes for the client memory runs"
+    )
+    ap.add_argument(
+        "--memory-spec",
+        default="2x500",
+        help="WORKERSxCHUNK of the memory runs: one chunk size for every project size, so that what grows is "
+        "what depends on the project size",
+    )
+    ap.add_argument("--skip-sdk", action="store_true", help="leave out (a), the slow paginated SDK list")
+    ap.add_argument("--out", default="ingest", help="results file stem under bench/results/")
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        return memory_child()
+    servers = {spec: _server_workers(spec) for spec in args.servers}
+    versions = {"label_studio_bin": str(find_label_studio_bin())}
+    if any(servers.values()):
+        versions["gunicorn"] = gunicorn_version(ensure_gunicorn(find_label_studio_bin().parent))
+    load_start = _load()
     scratch = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
-    log = RequestLog()
-    with LocalLabelStudio(data_dir=scratch / "labelstudio") as server:
-        # A generous timeout so that (b), one request for the whole project, is measured rather than cut off.
-        client = connect(server.url, server.token, timeout_s=900)
-        # Hooks on the client's own httpx client: every SDK and raw call is measured.
-        http = client._client_wrapper.httpx_client.httpx_client
-        http.event_hooks = {"request": [log.on_request], "response": [log.on_response]}
-        project = ensure_project(client, "ingest-bench", CATS)
+    data_dir = scratch / "labelstudio"
+    rows: list[dict[str, Any]] = []
+    memory: list[dict[str, Any]] = []
+    loads: dict[str, dict[str, list[float]]] = {}
+    rounds_done = 0
+
+    def measure_server(label: str, url: str, pgid: int) -> None:
+        nonlocal rounds_done
+        loads[label] = {"start": _load()}
+        rows.extend(Bench(label, url, token, pgid, project_id, scratch).rounds(ids, args, rounds_done))
+        loads[label]["end"] = _load()
+        rounds_done += args.rounds
+
+    # The dev server initializes the data dir (migrations, admin user, token) and seeds it; every server
+    # measured afterwards serves the same database.
+    with LocalLabelStudio(data_dir=data_dir) as dev:
+        token = dev.token
+        setup = bench_client(dev.url, token, RequestLog())
+        project_id = ensure_project(setup, "ingest-bench", CATS).id
         t0 = time.perf_counter()
-        ids = seed(client, project.id, args.tasks)
+        ids = seed(setup, project_id, args.tasks)
         print(f"seeded {len(ids)} tasks in {time.perf_counter() - t0:.1f}s", flush=True)
-        rows: list[dict[str, Any]] = []
-
-        def sdk_paginated() -> int:
-            return sum(1 for _ in client.tasks.list(project=project.id, fields="all", page_size=100))
-
-        def sync_export() -> int:
-            body = ls_client.raw_get(
-                client, f"/api/projects/{project.id}/export", {"export_type": "JSON", "download_all_tasks": "true"}
+        if "dev" in servers:
+            assert dev._proc is not None  # started in its own session: its pid is its process group
+            measure_server("dev", dev.url, dev._proc.pid)
+        for size in args.memory_sizes:
+            target = project_id if size == len(ids) else ensure_project(setup, f"ingest-bench-{size}", CATS).id
+            if target != project_id:
+                seed(setup, target, size)
+            memory.append(
+                {"project_tasks": size, "spec": args.memory_spec, **memory_at(dev.url, token, target, args.memory_spec)}
             )
-            return len(body)
+    for workers in servers.values():
+        if workers:
+            with GunicornLabelStudio(data_dir=data_dir, token=token, workers=workers) as server:
+                assert server.pid is not None
+                measure_server(f"gunicorn-{workers}", server.url, server.pid)
 
-        snapshots = scratch / "snapshots"
-
-        def ours(workers: int, chunk: int, full: bool) -> Callable[[], int]:
-            def run() -> int:
-                cfg = LabelStudioConfig(
-                    project_id=project.id, categories=CATS, workers=workers, export_chunk_size=chunk
-                )
-                pulled = pull_tasks(client, server.url, project.id, cfg, snapshots_root=snapshots, full=full)
-                run.source = pulled.source  # type: ignore[attr-defined]
-                return pulled.normalized.tasks_seen
-
-            return run
-
-        rows.append(measure("sdk_paginated (a)", log, sdk_paginated, len(ids)))
-        rows.append(measure("sync_export (b)", log, sync_export, len(ids)))
-        last = None
-        for spec in args.configs:
-            w, c = (int(x) for x in spec.split("x"))
-            last = ours(w, c, True)
-            rows.append(measure(f"full_pull workers={w} chunk={c}", log, last, len(ids)))
-        rows.append(measure("sync_export (b), again", log, sync_export, len(ids)))
-
-        # The incremental pull starts from the full pull's watermark, which lives in a snapshot's metadata.
-        assert last is not None
-        snap = snapshots / "00000000T000000000000Z-bench"
-        snap.mkdir(parents=True)
-        (snap / "snapshot.json").write_text(json.dumps({"source": last.source}))  # type: ignore[attr-defined]
-        changed = ids[::100]
-        for t in ls_client.export_tasks(client, project.id, changed):
-            anns = [a for a in t["annotations"] if not a["was_cancelled"]]
-            if anns:
-                client.annotations.update(id=anns[0]["id"], result=annotation_result(f"Edited {t['id']}.", "billing"))
-            else:
-                client.annotations.create(id=t["id"], result=annotation_result(f"New {t['id']}.", "billing"))
-        incr = ours(2, 500, False)
-        rows.append(measure(f"incremental ({len(changed)} tasks changed)", log, incr, len(ids)))
-        source = incr.source  # type: ignore[attr-defined]
-        if source["mode"] != "incremental" or source["tasks_changed"] != len(changed):
-            raise AssertionError(f"incremental pull fetched {source['tasks_changed']} tasks, expected {len(changed)}")
-
-    by = {r["method"]: r for r in rows}
-    best_full = min((r for r in rows if r["method"].startswith("full_pull")), key=lambda r: r["wall_s"])
-    export_best = min(by["sync_export (b)"]["wall_s"], by["sync_export (b), again"]["wall_s"])
-    incr_row = rows[-1]
-    summary = {
-        "best_full_pull": best_full["method"],
-        "full_vs_sdk_paginated_speedup": round(by["sdk_paginated (a)"]["wall_s"] / best_full["wall_s"], 2),
-        "full_vs_sync_export_speedup": round(export_best / best_full["wall_s"], 2),
-        "incremental_share_of_full": round(incr_row["wall_s"] / best_full["wall_s"], 3),
-        "slowest_request_of_our_pulls_s": max(
-            r["slowest_request_s"] for r in rows if r["method"].startswith(("full_pull", "incremental"))
-        ),
-    }
+    summary = {label: _summary(rows, label, args.configs) for label in loads}
     result = {
-        "command": "python bench/ingest_bench.py " + " ".join(sys.argv[1:]),
+        "command": ".venv/bin/python bench/ingest_bench.py " + " ".join(sys.argv[1:]),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
+        "versions": versions,
+        "load_average_1_5_15": {"start": load_start, "end": _load(), "per_server": loads},
         "rows": rows,
         "summary": summary,
-        "notes": "full_pull includes normalization to PairRecords and writing the task file; (a) and (b) only "
-        "fetch and parse. Label Studio runs its single-process dev server (label-studio start) on the same machine.",
+        "client_memory": memory,
+        "notes": "(b) only fetches and parses; (b'), full_pull and incremental also normalize to PairRecords and "
+        "write the task store. Label Studio 1.23 with SQLite runs on the same 2 cores as the client (shared "
+        "with other sessions). dev = `label-studio start` (Django runserver, one request's Python at a time); "
+        "gunicorn-N = the same app, settings and database under gunicorn with N sync worker processes.",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = ["# Label Studio pull benchmark", "", f"`{result['command']}`", "", result["notes"], ""]
-    md += ["| method | tasks | wall s | tasks/s | requests | slowest request s | largest response MB |"]
-    md += ["|---|---|---|---|---|---|---|"]
-    md += [
-        f"| {r['method']} | {r['tasks']} | {r['wall_s']} | {r['tasks_per_s']} | {r['requests']} | "
-        f"{r['slowest_request_s']} | {r['largest_response_mb']} |"
-        for r in rows
-    ]
-    md += ["", *[f"- {k}: {v}" for k, v in summary.items()], ""]
-    (RESULTS / "ingest.md").write_text("\n".join(md))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(_markdown(result))
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def _cpus() -> int:
-    import os
+def _median(rows: list[dict[str, Any]], prefix: str, key: str = "wall_s") -> float:
+    return round(statistics.median(r[key] for r in rows if r["method"].startswith(prefix)), 2)
 
+
+def _rounds_won(rows: list[dict[str, Any]], spec: str, peer: str) -> str:
+    by = {r["method"]: r["wall_s"] for r in rows}
+    rounds = [m.rsplit(" ", 1)[1] for m in by if m.startswith(f"{peer} round")]
+    won = sum(by[f"full_pull {spec} round {r}"] <= by[f"{peer} round {r}"] for r in rounds)
+    return f"{won} of {len(rounds)}"
+
+
+def _summary(all_rows: list[dict[str, Any]], server: str, configs: list[str]) -> dict[str, Any]:
+    rows = [r for r in all_rows if r["server"] == server]
+    sync, sync_norm = _median(rows, "sync_export (b) "), _median(rows, "sync_export+normalize (b') ")
+    full = {spec: _median(rows, f"full_pull {spec} ") for spec in configs}
+    best = min(full, key=lambda s: full[s])
+    incremental = _median(rows, "incremental 1%")
+    ours = [r for r in rows if r["method"].startswith(("full_pull", "incremental"))]
+    out: dict[str, Any] = {
+        "median_sync_export_s": sync,
+        "median_sync_export_normalized_s": sync_norm,
+        "median_full_pull_s": full,
+        "best_full_pull": best,
+        "full_vs_sync_export_speedup": round(sync / full[best], 2),
+        "full_faster_than_sync_in_rounds": _rounds_won(rows, best, "sync_export (b)"),
+        "full_vs_sync_export_normalized_speedup": round(sync_norm / full[best], 2),
+        "full_faster_than_sync_normalized_in_rounds": _rounds_won(rows, best, "sync_export+normalize (b')"),
+        "median_incremental_s": incremental,
+        "incremental_share_of_full": round(incremental / full[best], 3),
+        "slowest_request_of_our_pulls_s": max(r["slowest_request_s"] for r in ours),
+        "slowest_request_of_sync_export_s": max(r["slowest_request_s"] for r in rows if "sync_export" in r["method"]),
+        "median_server_cpu_s": {
+            "sync_export (b)": _median(rows, "sync_export (b) ", "server_cpu_s"),
+            f"full_pull {best}": _median(rows, f"full_pull {best} ", "server_cpu_s"),
+        },
+        "median_client_cpu_s": {
+            "sync_export (b)": _median(rows, "sync_export (b) ", "client_cpu_s"),
+            "sync_export+normalize (b')": _median(rows, "sync_export+normalize (b') ", "client_cpu_s"),
+            f"full_pull {best}": _median(rows, f"full_pull {best} ", "client_cpu_s"),
+        },
+    }
+    if any(r["method"].startswith("sdk_paginated") for r in rows):
+        sdk = _median(rows, "sdk_paginated")
+        out["sdk_paginated_s"] = sdk
+        out["full_vs_sdk_paginated_speedup"] = round(sdk / full[best], 2)
+    return out
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    load = result["load_average_1_5_15"]
+    md = ["# Label Studio pull benchmark", "", f"`{result['command']}`", "", result["notes"], ""]
+    md += [f"Versions: {result['versions']}. Load average (1, 5, 15 min) at start {load['start']}, at end "]
+    md[-1] += f"{load['end']} ({result['machine']['cpus']} cores)."
+    md += ["", "## Summary (medians)", ""]
+    md += [
+        "| server | (a) SDK list s | (b) sync export s | (b') export + normalize s | best full pull | full pull s | "
+        "× (a) | × (b) | rounds won vs (b) | × (b') | rounds won vs (b') | slowest request ours / (b) s | "
+        "incremental 1% s (share) | load avg start → end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for server, s in result["summary"].items():
+        best, per = s["best_full_pull"], load["per_server"][server]
+        md.append(
+            f"| {server} | {s.get('sdk_paginated_s', '-')} | {s['median_sync_export_s']} | "
+            f"{s['median_sync_export_normalized_s']} | {best} | {s['median_full_pull_s'][best]} | "
+            f"{s.get('full_vs_sdk_paginated_speedup', '-')} | {s['full_vs_sync_export_speedup']} | "
+            f"{s['full_faster_than_sync_in_rounds']} | {s['full_vs_sync_export_normalized_speedup']} | "
+            f"{s['full_faster_than_sync_normalized_in_rounds']} | {s['slowest_request_of_our_pulls_s']} / "
+            f"{s['slowest_request_of_sync_export_s']} | {s['median_incremental_s']} "
+            f"({s['incremental_share_of_full']:.1%}) | {per['start'][0]} → {per['end'][0]} |"
+        )
+    md += ["", "## Every measurement", ""]
+    md += [
+        "| server | method | tasks | wall s | tasks/s | requests | slowest request s | largest response MB | "
+        "client CPU s | server CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['server']} | {r['method']} | {r['tasks']} | {r['wall_s']} | {r['tasks_per_s']} | {r['requests']} | "
+        f"{r['slowest_request_s']} | {r['largest_response_mb']} | {r['client_cpu_s']} | {r['server_cpu_s']} |"
+        for r in result["rows"]
+    ]
+    for server, s in result["summary"].items():
+        md += ["", f"Summary, {server}:", "", *[f"- {k}: {v}" for k, v in s.items()]]
+    md += ["", "## Client memory of a full pull (tracemalloc, fresh process)", ""]
+    md += [
+        "| project tasks | WORKERSxCHUNK | peak MB | result MB (PairRecords frames) | working MB (peak - result) |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {m['project_tasks']} | {m['spec']} | {m['peak_mb']} | {m['result_mb']} | {m['working_mb']} |"
+        for m in result["client_memory"]
+    ]
+    return "\n".join(md) + "\n"
+
+
+def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
 

@@ -93,7 +93,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(out["reconciliation"])
     print(f"MLflow run:    {out['run_id']}")
     _print_metrics(out["metrics"])
-    print(f"promotion gate: {_verdict(out['gate_passed'], out['registered_version'])}")
+    print(out["promotion"])
     print(f"adapter:       {out['adapter_dir']}")
     print(f"snapshot:      {out['snapshot_dir']}")
     print(f"open the UI:   {out['mlflow_ui']}  (then http://127.0.0.1:5000)")

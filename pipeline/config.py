@@ -142,6 +142,9 @@ class EvalConfig(_Strict):
     # any standard task name (hellaswag, arc_easy, mmlu, ...; those need the dataset hub).
     tasks: tuple[str, ...] = ("general_suite_mc", "general_suite_ppl")
     num_fewshot: int = Field(default=0, ge=0)
+    # lm-eval model backend: "lora-pipeline" batches requests and scores each shared context once
+    # (pipeline/lm_eval_backend.py); "hf" is lm-eval's stock HFLM, kept as the reference.
+    backend: Literal["lora-pipeline", "hf"] = "lora-pipeline"
     # Cap documents per task (None: all); standard tasks can have tens of thousands.
     limit: int | None = Field(default=None, ge=1)
     # Paired bootstrap on every adapter-minus-base delta.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from label_studio_sdk import LabelStudio
+from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
 from pipeline.labelstudio.client import (
@@ -23,6 +24,7 @@ from pipeline.labelstudio.client import (
     submit_annotation,
 )
 from pipeline.labelstudio.server import LocalLabelStudio
+from pipeline.registry import CANDIDATE, CHAMPION, get_alias
 from pipeline.sample_data import sample_pairs
 from pipeline.tiny_model import build_tiny_model
 
@@ -81,6 +83,38 @@ def _credentials(path: Path) -> dict[str, str]:
     return creds
 
 
+def promotion_summary(
+    tracking_uri: str, model_name: str, metrics: dict[str, float], registered_version: str | None
+) -> str:
+    """What the gate decided and where the registry's adapters are now (model name, version, alias)."""
+    failed = sorted(
+        k[len("gate_") : -len("_passed")]
+        for k, v in metrics.items()
+        if k.startswith("gate_") and k.endswith("_passed") and k != "gate_passed" and v == 0.0
+    )
+    lines = []
+    if registered_version is not None:
+        version = MlflowClient(tracking_uri).get_model_version(model_name, registered_version)
+        aliases = ", ".join(f"`{a}`" for a in version.aliases) or "none"
+        lines.append(f"promotion gate: PASS; registered {model_name} version {version.version}, alias {aliases}")
+        lines += [f"  load it with:  models:/{model_name}@{a}" for a in version.aliases]
+    else:
+        lines.append(f"promotion gate: FAIL ({', '.join(failed)}); this run registered nothing (rules: gate_report.md)")
+        if "beats_champion" in failed:
+            lines.append(
+                f"  this run's held-out loss {metrics['task_loss_adapter']:.4f} does not beat the champion's "
+                f"{metrics['champion_task_loss']:.4f} on the same split (a re-run on unchanged data trains the "
+                "same adapter, and a tie is not an improvement)"
+            )
+    holders = {alias: get_alias(tracking_uri, model_name, alias) for alias in (CHAMPION, CANDIDATE)}
+    for alias, holder in holders.items():
+        if holder is not None and str(holder.version) != str(registered_version):
+            lines.append(f"registry: {model_name}@{alias} is version {holder.version} (run {holder.run_id}), unchanged")
+    if registered_version is None and not any(holders.values()):
+        lines.append(f"registry: no version of {model_name} carries the `{CHAMPION}` or `{CANDIDATE}` alias")
+    return "\n".join(lines)
+
+
 def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
     """Run the whole pipeline offline under `demo_dir`; returns what the CLI prints."""
     root = Path(demo_dir).resolve()
@@ -124,6 +158,9 @@ def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
         "reconciliation": outcome.reconciliation_table,
         "gate_passed": outcome.gate_passed,
         "registered_version": outcome.registered_version,
+        "promotion": promotion_summary(
+            tracking_uri, config.gate.registered_model, outcome.metrics, outcome.registered_version
+        ),
         "tracking_uri": tracking_uri,
         "mlflow_ui": f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri}",
         "labelstudio_credentials": str(root / "labelstudio" / "credentials.json"),

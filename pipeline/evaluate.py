@@ -222,6 +222,8 @@ def forgetting_check(model: PeftModel, tokenizer: PreTrainedTokenizerBase, confi
         batch_size=ev.batch_size,
         num_fewshot=ev.num_fewshot,
         limit=ev.limit,
+        backend=ev.backend,
+        seed=ev.seed,
     )
     comparisons = compare(base, adapter, samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed)
     return ForgettingReport(

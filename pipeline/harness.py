@@ -3,8 +3,11 @@
 lm-eval owns the tasks (prompts, few-shot, metrics): the built-in offline suite is a pair of
 custom tasks shipped in `pipeline/data/general_suite/*.yaml`, and any standard task name
 (hellaswag, arc_easy, mmlu, ...) gets the same treatment where the dataset hub is reachable.
-The model is wrapped once (`HFLM(pretrained=<PeftModel>)`); the base is scored inside
-`disable_adapter()`, so both sides share weights, tokenizer, prompts and batching.
+The model is wrapped once (our "lora-pipeline" backend, or the stock `hf` HFLM as the reference) and
+the task dict is built once; the base is scored inside `disable_adapter()`, so both sides share
+weights, tokenizer, prompts, few-shot examples and batching. With our backend the requests are
+tokenized and packed once and scored under both sides in one call (the adapter side merged where that
+is exact, pipeline/merged_adapter.py); lm-eval still evaluates each side in its own `evaluate` call.
 Per-document scores come back from lm-eval's logged samples, for paired intervals.
 """
 
@@ -17,10 +20,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from pipeline.general_suite import BUILTIN_PACKAGE
+from pipeline.merged_adapter import merged_adapter
+
+# "lora-pipeline": our lm-eval backend (pipeline/lm_eval_backend.py); "hf": lm-eval's stock HFLM, the reference.
+BACKEND_NAME = "lora-pipeline"
+Backend = Literal["lora-pipeline", "hf"]
 
 # Per-sample values lm-eval logs that the forgetting check can pair: accuracy (multiple choice)
 # and (log-likelihood, words) for rolling-log-likelihood tasks (wikitext-style perplexity).
@@ -102,29 +111,39 @@ def _scores_from_samples(task: str, samples: list[dict[str, Any]], aggregate: di
     )
 
 
-def score_tasks(
-    lm: Any,
-    task_manager: Any,
-    tasks: tuple[str, ...],
-    *,
-    num_fewshot: int,
-    limit: int | None,
-) -> dict[str, TaskScores]:
-    """Run lm-eval on `lm` (an HFLM) and return per-document scores for every (sub)task."""
-    import lm_eval
+def load_tasks(task_manager: Any, tasks: tuple[str, ...], *, num_fewshot: int) -> dict[str, Any]:
+    """Build lm-eval's task dict once (datasets, prompts, metrics) with simple_evaluate's few-shot override."""
+    loaded = task_manager.load(list(tasks))
+    for task in loaded["tasks"].values():
+        # As simple_evaluate: a task whose YAML pins num_fewshot 0 stays zero-shot.
+        if task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+    return loaded
 
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        task_manager=task_manager,
-        num_fewshot=num_fewshot,
+
+def score_tasks(lm: Any, loaded: dict[str, Any], *, limit: int | None, seed: int = 0) -> dict[str, TaskScores]:
+    """Run lm-eval's `evaluate` on `lm` over a loaded task dict; per-document scores for every (sub)task.
+
+    Calls `evaluate` rather than `simple_evaluate`: the latter reloads the tasks and collects environment
+    info through subprocesses (git, pip list) on every call, which cost more than the scoring here.
+    """
+    import random
+
+    import numpy as np
+    from lm_eval.evaluator import evaluate
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    for task in loaded["tasks"].values():
+        # Re-seed the few-shot sampler so that base and adapter see the same few-shot examples.
+        task.set_fewshot_seed(seed=seed)
+    results = evaluate(
+        lm=lm,
+        task_dict=loaded,
         limit=limit,
         bootstrap_iters=0,  # our paired intervals replace lm-eval's unpaired stderr
         log_samples=True,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
     )
     if results is None:
         raise RuntimeError("lm-eval returned no results (non-zero rank); run the forgetting check in one process")
@@ -132,6 +151,18 @@ def score_tasks(
         name: _scores_from_samples(name, samples, results["results"].get(name, {}))
         for name, samples in sorted(results["samples"].items())
     }
+
+
+def make_lm(model: PeftModel, tokenizer: PreTrainedTokenizerBase, *, backend: Backend, batch_size: int) -> Any:
+    """The lm-eval model wrapper around the already-loaded PEFT model (no second load)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from pipeline.lm_eval_backend import PipelineLM
+
+    # lm-eval warns at length that a pre-built model ignores its loading arguments: that is the point here.
+    logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
+    cls = PipelineLM if backend == BACKEND_NAME else HFLM
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 def harness_forgetting_scores(
@@ -143,16 +174,27 @@ def harness_forgetting_scores(
     batch_size: int,
     num_fewshot: int = 0,
     limit: int | None = None,
+    backend: Backend = BACKEND_NAME,
+    seed: int = 0,
 ) -> tuple[dict[str, TaskScores], dict[str, TaskScores]]:
-    """(base, adapter) per-document scores from one model: the base inside `disable_adapter()`."""
-    from lm_eval.models.huggingface import HFLM
+    """(base, adapter) per-document scores from one model and one task dict: the base inside `disable_adapter()`.
 
-    # lm-eval warns at length that a pre-built model ignores its loading arguments: that is the point here.
-    logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    manager = task_manager(tasks, suite_dir)
-    kw: dict[str, Any] = {"num_fewshot": num_fewshot, "limit": limit}
-    with model.disable_adapter():
-        base = score_tasks(lm, manager, tasks, **kw)
-    adapter = score_tasks(lm, manager, tasks, **kw)
+    Our backend scores each request under both sides from one tokenization and packing (`PipelineLM.paired`),
+    the adapter side with the adapter merged where that is exact (`merged_adapter`); lm-eval still builds
+    the requests and computes the metrics of each side in its own `evaluate` call. The stock `hf` backend,
+    the reference, scores the adapter side unmerged.
+    """
+    from pipeline.lm_eval_backend import PipelineLM
+
+    lm = make_lm(model, tokenizer, backend=backend, batch_size=batch_size)
+    loaded = load_tasks(task_manager(tasks, suite_dir), tasks, num_fewshot=num_fewshot)
+    if not isinstance(lm, PipelineLM):
+        with model.disable_adapter():
+            base = score_tasks(lm, loaded, limit=limit, seed=seed)
+        return base, score_tasks(lm, loaded, limit=limit, seed=seed)
+    with lm.paired({"base": model.disable_adapter, "adapter": lambda: merged_adapter(model)}):
+        with lm.side("base"):
+            base = score_tasks(lm, loaded, limit=limit, seed=seed)
+        with lm.side("adapter"):
+            adapter = score_tasks(lm, loaded, limit=limit, seed=seed)
     return base, adapter

@@ -1,44 +1,45 @@
 """Full and incremental task fetches from Label Studio, with a watermark kept in the snapshot metadata.
 
-A full pull lists task ids (a few thousand per request), then fetches the tasks through the
-export endpoint in chunks of `export_chunk_size` ids, `workers` requests at a time: each request
+A full pull fetches the tasks through the export endpoint in chunks of `export_chunk_size` ids
+(id ranges between the project's lowest and highest id), `workers` requests at a time: each request
 stays small (no 30 s single export behind a proxy) and the client holds only a window of chunks.
 
-An incremental pull asks the tasks API for tasks whose `updated_at` is after the last watermark
-(minus an overlap, so that late commits are not missed), checks the project's task count to see
-whether any task was deleted (listing ids only then), and merges the changes into the previous
-pull's task file. Both paths yield the same canonical task dicts in id order, so the normalized
-result of an incremental pull equals that of a full pull (tests/test_ingest_incremental.py).
+The watermark is the server's clock (its `Date` header) when a pull started, with the task ids and
+the pull's task store (pipeline/labelstudio/task_store.py). An incremental pull asks the tasks API
+for tasks whose `updated_at` is after the watermark minus an overlap (for transactions that commit
+late), checks the project's task count to see whether any task was deleted (listing every id only
+then), fetches and normalizes only the changed tasks, and copies the stored outcomes of all others.
+Both paths produce the same outcomes in id order, so an incremental pull's result equals a full
+pull's (tests/test_ingest_incremental.py).
+
+Why the pull's start and not the newest `updated_at` seen: a task edited during a long full pull,
+after its chunk was fetched, has an `updated_at` after the start but maybe well before the newest
+stamp seen; starting the next pull from the start time cannot miss it.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import heapq
 import json
-import os
-import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from label_studio_sdk import LabelStudio
 
 from pipeline.labelstudio.client import (
+    ProjectState,
     export_tasks,
     list_task_stamps,
-    project_task_count,
+    newest_task_stamps,
     task_id_bounds,
     updated_since_query,
 )
+from pipeline.labelstudio.task_store import STORE_DIR, STORE_FORMAT, StoredTask, file_sha256
 
-TASKS_DIR = ".labelstudio-tasks"
 _ANNOTATION_KEYS = ("id", "completed_by", "result", "was_cancelled", "ground_truth", "created_at", "updated_at")
 
 
@@ -68,43 +69,30 @@ def _instant(value: object) -> datetime:
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _later(a: str | None, b: object) -> str | None:
-    if not isinstance(b, str):
-        return a
-    return b if a is None or _instant(b) > _instant(a) else a
-
-
 @dataclass
 class Watermark:
     """What the next incremental pull starts from; stored under `source.watermark` in snapshot.json."""
 
-    updated_at: str | None
+    as_of: str  # the server's clock when the pull started (ISO 8601, UTC)
     task_ids: list[int]
-    tasks_file: str  # under <snapshots_root>/.labelstudio-tasks/
+    tasks_file: str  # the pull's task store, under <snapshots_root>/.labelstudio-tasks/
     tasks_sha256: str
+    annotation_rule: str  # stored outcomes hold only for the rule they were normalized with
     overlap_s: float = 0.0
     # `updated_at` of the tasks inside the overlap window: those are re-listed but not re-fetched if unchanged.
     recent: dict[str, str] = field(default_factory=dict)
+    store_format: int = STORE_FORMAT
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "updated_at": self.updated_at,
-            "task_ids": self.task_ids,
-            "tasks_file": self.tasks_file,
-            "tasks_sha256": self.tasks_sha256,
-            "overlap_s": self.overlap_s,
-            "recent": self.recent,
-        }
+        return asdict(self)
 
-    def since(self) -> str | None:
+    def since(self) -> str:
         """The lower bound of the next server-side filter: the watermark minus the overlap."""
-        if self.updated_at is None:
-            return None
-        return (_instant(self.updated_at) - timedelta(seconds=self.overlap_s)).isoformat().replace("+00:00", "Z")
+        return (_instant(self.as_of) - timedelta(seconds=self.overlap_s)).isoformat().replace("+00:00", "Z")
 
 
-def previous_watermark(snapshots_root: Path, url: str, project_id: int) -> Watermark | None:
-    """The watermark of the newest snapshot of this project whose task file is still intact."""
+def previous_watermark(snapshots_root: Path, url: str, project_id: int, rule: str) -> Watermark | None:
+    """The watermark of the newest snapshot of this project, if its task store is intact and reusable."""
     if not snapshots_root.is_dir():
         return None
     for snap in sorted((p for p in snapshots_root.iterdir() if not p.name.startswith(".")), reverse=True):
@@ -115,104 +103,64 @@ def previous_watermark(snapshots_root: Path, url: str, project_id: int) -> Water
         if source.get("url") != url or source.get("project_id") != project_id:
             continue
         wm = source.get("watermark")
-        if not wm:
+        # An older store format, another annotation rule, or a pull without a server clock: pull in full.
+        if not wm or wm.get("store_format") != STORE_FORMAT or wm.get("annotation_rule") != rule:
             return None
         mark = Watermark(**wm)
-        path = snapshots_root / TASKS_DIR / mark.tasks_file
-        if not path.is_file() or _file_sha256(path) != mark.tasks_sha256:
+        path = snapshots_root / STORE_DIR / mark.tasks_file
+        if not path.is_file() or file_sha256(path) != mark.tasks_sha256:
             return None  # gone or damaged: the caller falls back to a full pull
         return mark
     return None
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with gzip.open(path, "rb") as f:
-        for line in f:
-            h.update(line)
-    return h.hexdigest()
+def overlap_floor(as_of: datetime, overlap_s: float) -> datetime:
+    """Where the next pull's overlap window starts: tasks updated after it are re-listed next time."""
+    return as_of - timedelta(seconds=overlap_s)
 
 
-def read_tasks_file(path: Path) -> Iterator[dict[str, Any]]:
-    """Canonical tasks of an earlier pull, one JSON object per line, in id order."""
-    with gzip.open(path, "rb") as f:
-        for line in f:
-            yield orjson.loads(line)
-
-
-def _task_line(task: dict[str, Any]) -> bytes:
+def updated_after(stamp: str, floor: datetime) -> bool:
+    """Whether a task's `updated_at` is after `floor` (an unreadable stamp is not)."""
     try:
-        return orjson.dumps(task, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
-    except orjson.JSONEncodeError:
-        # Lone surrogates in bad task data: the stdlib escapes them as \ud800, which stays storable.
-        return (json.dumps(task, ensure_ascii=True, sort_keys=True) + "\n").encode()
-
-
-@dataclass
-class TaskFileWriter:
-    """Writes the canonical tasks of this pull as they stream past; content-addressed, renamed into place."""
-
-    root: Path
-    project_id: int
-    overlap_s: float = 0.0
-    updated_at: str | None = None
-    task_ids: list[int] = field(default_factory=list)
-    stamps: list[str | None] = field(default_factory=list)
-    _hash: Any = field(default_factory=hashlib.sha256)
-
-    def wrap(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wb", compresslevel=1) as out:
-                for task in tasks:
-                    line = _task_line(task)
-                    out.write(line)
-                    self._hash.update(line)
-                    self.task_ids.append(task["id"])
-                    self.stamps.append(task.get("updated_at") if isinstance(task.get("updated_at"), str) else None)
-                    self.updated_at = _later(self.updated_at, task.get("updated_at"))
-                    yield task
-            digest = self._hash.hexdigest()
-            name = f"project-{self.project_id}-{digest[:16]}.jsonl.gz"
-            os.replace(tmp, self.root / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        mark = Watermark(self.updated_at, self.task_ids, name, digest, self.overlap_s)
-        since = mark.since()
-        if since is not None:
-            floor = _instant(since)
-            mark.recent = {
-                str(i): ts for i, ts in zip(self.task_ids, self.stamps, strict=True) if ts and _instant(ts) > floor
-            }
-        self.watermark = mark
+        return _instant(stamp) > floor
+    except ValueError:
+        return False
 
 
 def _by_id(tasks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((canonical_task(t) for t in tasks), key=lambda t: t["id"])
 
 
-def fetch_all(
-    client: LabelStudio, project_id: int, *, chunk_size: int, workers: int, id_page_size: int = 5000
-) -> Iterator[dict[str, Any]]:
-    """Every task, canonical, in id order, fetched as export chunks `workers` at a time.
+def ids_to_fetch(
+    client: LabelStudio, project_id: int, *, id_page_size: int = 5000
+) -> tuple[ProjectState, Sequence[int]]:
+    """The project's state and the task ids a full pull asks for.
 
-    Ids of a project are usually dense, so chunks are plain id ranges between its lowest and highest id
-    (ids of other projects are filtered out by the server); a sparse project has its ids listed first.
+    Ids of a project are usually dense, so they are the range between its lowest and highest id (ids of
+    other projects are filtered out by the server); a sparse project has its ids listed.
     """
-    low, high, total = task_id_bounds(client, project_id)
-    if high - low + 1 <= 2 * total:
-        ids = list(range(low, high + 1))
-    else:
-        ids = sorted(list_task_stamps(client, project_id, page_size=id_page_size))
-    chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    low, high, state = task_id_bounds(client, project_id)
+    if high - low + 1 <= 2 * state.task_count:
+        return state, range(low, high + 1)
+    return state, sorted(list_task_stamps(client, project_id, page_size=id_page_size))
+
+
+def fetch_all(
+    client: LabelStudio, project_id: int, ids: Sequence[int], *, chunk_size: int, workers: int
+) -> Iterator[dict[str, Any]]:
+    """The tasks with these ids (those that exist), canonical, in id order, as export chunks `workers` at a time.
+
+    Chunks hold at most `chunk_size` ids and are of equal size, their number a multiple of `workers`, so
+    that the last requests in flight finish together instead of one big chunk finishing alone.
+    """
+    n_chunks = -(-len(ids) // chunk_size)
+    n_chunks = -(-n_chunks // workers) * workers
+    size = max(1, -(-len(ids) // n_chunks)) if n_chunks else chunk_size
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # A bounded window of requests in flight: memory stays O(workers x chunk) whatever the project size.
         window: deque[Future[list[dict[str, Any]]]] = deque()
-        for chunk in chunks:
-            window.append(pool.submit(export_tasks, client, project_id, chunk))
+        for start in range(0, len(ids), size):
+            window.append(pool.submit(export_tasks, client, project_id, ids[start : start + size]))
             if len(window) > workers:
                 yield from _by_id(window.popleft().result())
         while window:
@@ -220,38 +168,52 @@ def fetch_all(
 
 
 @dataclass(frozen=True)
-class IncrementalPlan:
-    """What changed on the server since the watermark."""
+class Changes:
+    """What changed on the server since the watermark, from ids and stamps only (no task fetched yet)."""
 
-    changed: dict[int, dict[str, Any]]
+    fetch: list[int]  # tasks created or updated since, to fetch and normalize again
     deleted: set[int]
+    listed_all_ids: bool  # the task count did not add up, so every id was listed to find deletions
 
 
-def plan_incremental(client: LabelStudio, project_id: int, mark: Watermark, *, chunk_size: int) -> IncrementalPlan:
-    """Tasks updated since the watermark (server-side filter) and tasks deleted since (id sets)."""
-    # Count first: a task created after the count shows up as updated and forces the id listing below.
-    count = project_task_count(client, project_id)
+def list_changes(
+    client: LabelStudio, project_id: int, mark: Watermark, *, head: int = 250
+) -> tuple[ProjectState, Changes]:
+    """The project's state now, the tasks updated since the watermark, and the tasks deleted since.
+
+    One request usually answers it all: the `head` most recently updated tasks with the project's task
+    count (counted before listing, so a task created meanwhile makes the count not add up). Only when
+    more tasks changed is the server-side `updated_at` filter listed, and only when the count does not
+    add up are all ids listed to find deletions.
+    """
     since = mark.since()
-    updated: dict[int, str] = {}
-    if since is not None:
-        # Ids and stamps only; tasks in the overlap window whose stamp we already hold are not re-fetched.
+    state, newest = newest_task_stamps(client, project_id, limit=head)
+    floor = _instant(since)
+    updated = {i: ts for i, ts in newest.items() if updated_after(ts, floor)}
+    if len(updated) == len(newest) < state.task_count:
+        # Every listed task changed: more may have. Ids and stamps only.
         updated = list_task_stamps(client, project_id, query=updated_since_query(since))
     previous = set(mark.task_ids)
     deleted: set[int] = set()
-    if since is None or count != len(previous | set(updated)):
+    listed_all = state.task_count != len(previous | set(updated))
+    if listed_all:
         current = list_task_stamps(client, project_id)
         deleted = previous - set(current)
         updated.update({i: ts for i, ts in current.items() if i not in previous})
+    # Tasks in the overlap window whose stamp we already hold are not fetched again.
     fetch = sorted(i for i, ts in updated.items() if mark.recent.get(str(i)) != ts)
-    changed: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(fetch), chunk_size):
-        for t in export_tasks(client, project_id, fetch[start : start + chunk_size]):
-            changed[int(t["id"])] = canonical_task(t)
-    return IncrementalPlan(changed=changed, deleted=deleted)
+    return state, Changes(fetch=fetch, deleted=deleted, listed_all_ids=listed_all)
 
 
-def merge(previous: Iterable[dict[str, Any]], plan: IncrementalPlan) -> Iterator[dict[str, Any]]:
-    """The previous pull's tasks with deletions dropped and changes applied, in id order."""
-    kept = (t for t in previous if t["id"] not in plan.deleted and t["id"] not in plan.changed)
-    changed = sorted(plan.changed.values(), key=lambda t: t["id"])
-    return heapq.merge(kept, changed, key=lambda t: t["id"])
+def fetch_tasks(client: LabelStudio, project_id: int, ids: list[int], *, chunk_size: int) -> list[dict[str, Any]]:
+    """The given tasks, canonical, in id order (a task deleted meanwhile is simply absent)."""
+    tasks: list[dict[str, Any]] = []
+    for start in range(0, len(ids), chunk_size):
+        tasks.extend(export_tasks(client, project_id, ids[start : start + chunk_size]))
+    return _by_id(tasks)
+
+
+def kept_tasks(previous: Iterable[StoredTask], changes: Changes) -> Iterator[StoredTask]:
+    """The previous pull's stored tasks that neither changed nor were deleted since."""
+    drop = changes.deleted | set(changes.fetch)
+    return (t for t in previous if t.id not in drop)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipeline.config import LabelStudioConfig, PipelineConfig, Settings
 from pipeline.labelstudio.client import ProjectRef, connect, ensure_project, get_project
+from pipeline.labelstudio.task_store import prune_task_store
 from pipeline.modeling import load_tokenizer
 from pipeline.reconcile import Reconciliation, reconcile
 from pipeline.records import NormalizedTasks
@@ -106,6 +107,8 @@ def prepare_dataset(
     )
     failures = failure_table(quarantined, validation.warnings, validation.dataset_checks, validation.policies)
     write_failure_table(failures, snapshot.path / "failures.parquet")
+    # Now that this snapshot refers to its pull's task store, stores no snapshot refers to can go.
+    prune_task_store(snapshots_root)
     return PreparedDataset(snapshot=snapshot, validation=validation, reconciliation=rec)
 
 

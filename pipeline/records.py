@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -163,116 +163,145 @@ def _safe_text(value: object) -> str:
     return str(value).encode("utf-8", "replace").decode("utf-8")
 
 
+OutcomeKind = Literal["record", "quarantined", "unusable"]
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """Where one task ends: a training `record` (PAIR_COLUMNS row), `quarantined` or `unusable` (their columns).
+
+    A pure function of the task (normalize_task), so an incremental pull reuses the outcomes of unchanged
+    tasks from the previous pull instead of normalizing them again.
+    """
+
+    kind: OutcomeKind
+    row: dict[str, Any]
+
+
+def _rejected(task_id: int | None, ann_id: int | None, check: str, reason: str, value: object) -> TaskOutcome:
+    row = {
+        "task_id": task_id,
+        "annotation_id": ann_id,
+        "stage": "normalize",
+        "check": check,
+        "reason": reason,
+        "value": preview(value),
+    }
+    return TaskOutcome("quarantined", row)
+
+
+def normalize_task(
+    task: dict[str, Any], *, project_id: int | None = None, rule: AnnotationRule = "latest"
+) -> TaskOutcome:
+    """The outcome of one task whose `id` is an integer (normalize_tasks checks ids across tasks)."""
+    task_id = task["id"]
+    annotation, why = pick_annotation(task, rule)
+    if why == MAJORITY_TIE:
+        votes = sorted(str(_category_vote(a)) for a in _list(task.get("annotations")) if isinstance(a, dict))
+        return _rejected(task_id, None, MAJORITY_TIE, "annotators' categories tie with no majority", votes)
+    if annotation is None:
+        return TaskOutcome("unusable", {"task_id": task_id, "reason": why})
+    ann_id = _int_or_none(annotation.get("id"))
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    prompt = data.get(PROMPT_NAME)
+    if not isinstance(prompt, str):
+        return _rejected(task_id, ann_id, "prompt_is_text", f"data.{PROMPT_NAME} is missing or not a string", prompt)
+    texts = _result_value(annotation, RESPONSE_NAME, "text")
+    if texts is None:
+        names = sorted({_safe_text(i.get("from_name")) for i in _list(annotation.get("result")) if isinstance(i, dict)})
+        if not names:
+            return TaskOutcome("unusable", {"task_id": task_id, "reason": "empty_response"})
+        return _rejected(
+            task_id,
+            ann_id,
+            "result_matches_config",
+            f"annotation has no {RESPONSE_NAME!r} TextArea result (found {names}); "
+            "was it made with another labeling config?",
+            names,
+        )
+    if not all(isinstance(t, str) for t in texts):
+        return _rejected(task_id, ann_id, "response_is_text", "response text is not a string", texts)
+    choices = _result_value(annotation, CATEGORY_NAME, "choices")
+    if choices is not None and len(choices) > 1:
+        return _rejected(task_id, ann_id, "single_category", "more than one category chosen", choices)
+    category = choices[0] if choices else None
+    if category is not None and not isinstance(category, str):
+        return _rejected(task_id, ann_id, "category_is_text", "category is not a string", category)
+    # TextArea keeps one text per submission; several are joined line by line.
+    response = "\n".join(texts)
+    system, context = _optional_text(data, "system"), _optional_text(data, "context")
+    fields = {"prompt": prompt, "response": response, "category": category, "system": system, "context": context}
+    for name, value in fields.items():
+        problem = _text_problem(value) if value is not None else None
+        if problem is not None:
+            check, why_text = problem
+            return _rejected(task_id, ann_id, check, f"{name}: {why_text}", value)
+    updated = annotation.get("updated_at") or annotation.get("created_at")
+    row = {
+        "task_id": task_id,
+        "annotation_id": ann_id,
+        "project_id": _int_or_none(task.get("project")) or project_id or 0,
+        "prompt": prompt,
+        "response": response,
+        "category": category,
+        "annotator": _safe_text(_annotator(annotation)),
+        "updated_at": updated if isinstance(updated, str) else None,
+        "ground_truth": bool(annotation.get("ground_truth")),
+        "system": system,
+        "context": context,
+    }
+    return TaskOutcome("record", row)
+
+
+@dataclass
+class OutcomeCollector:
+    """Collects task outcomes in arrival order and checks task ids across tasks (invalid, duplicated)."""
+
+    rows: dict[OutcomeKind, list[dict[str, Any]]] = field(
+        default_factory=lambda: {"record": [], "quarantined": [], "unusable": []}
+    )
+    seen_ids: set[int] = field(default_factory=set)
+    tasks_seen: int = 0
+
+    def check_id(self, task: object) -> int | None:
+        """The task's id if it is a new integer id; otherwise the task is quarantined here and None returned."""
+        raw_id = task.get("id") if isinstance(task, dict) else None
+        if not isinstance(raw_id, int) or isinstance(raw_id, bool):
+            self.add(_rejected(None, None, "task_id_invalid", "task has no integer id", raw_id))
+            return None
+        if raw_id in self.seen_ids:
+            self.add(_rejected(raw_id, None, "task_id_duplicate", f"task id {raw_id} appears more than once", raw_id))
+            return None
+        self.seen_ids.add(raw_id)
+        return raw_id
+
+    def add(self, outcome: TaskOutcome) -> None:
+        """Count one task and keep its outcome."""
+        self.tasks_seen += 1
+        self.rows[outcome.kind].append(outcome.row)
+
+    def result(self, *, sort_by_task_id: bool = False) -> NormalizedTasks:
+        """The three frames, in arrival order or (for pulls that merge stored and fresh outcomes) by task id."""
+        frames = (
+            records_frame(self.rows["record"]),
+            pd.DataFrame(self.rows["quarantined"], columns=list(QUARANTINE_COLUMNS)),
+            pd.DataFrame(self.rows["unusable"], columns=list(UNUSABLE_COLUMNS)),
+        )
+        if sort_by_task_id:
+            frames = tuple(f.sort_values("task_id", kind="stable").reset_index(drop=True) for f in frames)
+        records, quarantined, unusable = frames
+        return NormalizedTasks(records=records, quarantined=quarantined, unusable=unusable, tasks_seen=self.tasks_seen)
+
+
 def normalize_tasks(
     tasks: Iterable[dict[str, Any]], *, project_id: int | None = None, rule: AnnotationRule = "latest"
 ) -> NormalizedTasks:
     """Turn raw task dicts into PairRecords; every task ends in exactly one of the three outputs."""
-    rows: list[dict[str, Any]] = []
-    quarantined: list[dict[str, Any]] = []
-    unusable: list[dict[str, Any]] = []
-    seen_ids: set[int] = set()
-    n = 0
-
-    def reject(task_id: int | None, ann_id: int | None, check: str, reason: str, value: object) -> None:
-        quarantined.append(
-            {
-                "task_id": task_id,
-                "annotation_id": ann_id,
-                "stage": "normalize",
-                "check": check,
-                "reason": reason,
-                "value": preview(value),
-            }
-        )
-
+    collector = OutcomeCollector()
     for task in tasks:
-        n += 1
-        raw_id = task.get("id") if isinstance(task, dict) else None
-        if not isinstance(raw_id, int) or isinstance(raw_id, bool):
-            reject(None, None, "task_id_invalid", "task has no integer id", raw_id)
-            continue
-        task_id = raw_id
-        if task_id in seen_ids:
-            reject(task_id, None, "task_id_duplicate", f"task id {task_id} appears more than once", task_id)
-            continue
-        seen_ids.add(task_id)
-        annotation, why = pick_annotation(task, rule)
-        if why == MAJORITY_TIE:
-            votes = sorted(str(_category_vote(a)) for a in _list(task.get("annotations")) if isinstance(a, dict))
-            reject(task_id, None, MAJORITY_TIE, "annotators' categories tie with no majority", votes)
-            continue
-        if annotation is None:
-            unusable.append({"task_id": task_id, "reason": why})
-            continue
-        ann_id = _int_or_none(annotation.get("id"))
-        data = task.get("data") if isinstance(task.get("data"), dict) else {}
-        prompt = data.get(PROMPT_NAME)
-        if not isinstance(prompt, str):
-            reject(task_id, ann_id, "prompt_is_text", f"data.{PROMPT_NAME} is missing or not a string", prompt)
-            continue
-        texts = _result_value(annotation, RESPONSE_NAME, "text")
-        if texts is None:
-            names = sorted(
-                {_safe_text(i.get("from_name")) for i in _list(annotation.get("result")) if isinstance(i, dict)}
-            )
-            if names:
-                reject(
-                    task_id,
-                    ann_id,
-                    "result_matches_config",
-                    f"annotation has no {RESPONSE_NAME!r} TextArea result (found {names}); "
-                    "was it made with another labeling config?",
-                    names,
-                )
-            else:
-                unusable.append({"task_id": task_id, "reason": "empty_response"})
-            continue
-        if not all(isinstance(t, str) for t in texts):
-            reject(task_id, ann_id, "response_is_text", "response text is not a string", texts)
-            continue
-        choices = _result_value(annotation, CATEGORY_NAME, "choices")
-        if choices is not None and len(choices) > 1:
-            reject(task_id, ann_id, "single_category", "more than one category chosen", choices)
-            continue
-        category = choices[0] if choices else None
-        if category is not None and not isinstance(category, str):
-            reject(task_id, ann_id, "category_is_text", "category is not a string", category)
-            continue
-        # TextArea keeps one text per submission; several are joined line by line.
-        response = "\n".join(texts)
-        system, context = _optional_text(data, "system"), _optional_text(data, "context")
-        fields = {"prompt": prompt, "response": response, "category": category, "system": system, "context": context}
-        problem = next(
-            ((name, p) for name, v in fields.items() if v is not None and (p := _text_problem(v)) is not None), None
-        )
-        if problem is not None:
-            name, (check, why_text) = problem
-            reject(task_id, ann_id, check, f"{name}: {why_text}", fields[name])
-            continue
-        updated = annotation.get("updated_at") or annotation.get("created_at")
-        rows.append(
-            {
-                "task_id": task_id,
-                "annotation_id": ann_id,
-                "project_id": _int_or_none(task.get("project")) or project_id or 0,
-                "prompt": prompt,
-                "response": response,
-                "category": category,
-                "annotator": _safe_text(_annotator(annotation)),
-                "updated_at": updated if isinstance(updated, str) else None,
-                "ground_truth": bool(annotation.get("ground_truth")),
-                "system": system,
-                "context": context,
-            }
-        )
-
-    records = records_frame(rows)
-    return NormalizedTasks(
-        records=records,
-        quarantined=pd.DataFrame(quarantined, columns=list(QUARANTINE_COLUMNS)),
-        unusable=pd.DataFrame(unusable, columns=list(UNUSABLE_COLUMNS)),
-        tasks_seen=n,
-    )
+        if collector.check_id(task) is not None:
+            collector.add(normalize_task(task, project_id=project_id, rule=rule))
+    return collector.result()
 
 
 def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -39,6 +38,7 @@ from pipeline.distributed import (
     teardown,
 )
 from pipeline.formatting import IGNORE_INDEX, Example, build_examples
+from pipeline.lm_loss import ScoredTokenLoss
 from pipeline.modeling import (
     attach_lora,
     fingerprint_base,
@@ -52,6 +52,9 @@ from pipeline.scoring import mean_token_loss, sequence_nll
 
 MANIFEST = "manifest.json"
 
+# Most logits values one chunk of the loss holds: 16M (64 MiB in fp32); on CUDA 64M, where bigger chunks keep
+# the LM-head matmuls efficient.
+LOGITS_CHUNK_ELEMENTS = {"cpu": 2**24, "cuda": 2**26}
 # Dense bf16 peak FLOP/s by GPU name, for MFU; unknown GPUs report no MFU rather than a guess.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -158,8 +161,10 @@ def train_adapter(
     model = attach_lora(model, lc, gradient_checkpointing=t.gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    # The forward returns the loss (logits only at scored positions, in chunks; see pipeline/lm_loss.py).
+    loss_model = ScoredTokenLoss(model, chunk_elements=LOGITS_CHUNK_ELEMENTS.get(device.type, 2**24))
     # DDP all-reduces gradients during backward (bucketed); only the last micro-batch of a group syncs.
-    ddp = DistributedDataParallel(model) if env.enabled else model
+    ddp = DistributedDataParallel(loss_model) if env.enabled else loss_model
 
     # ---- optimizer, schedule, and where a resumed run picks up ----
     per_epoch, total_steps = plan_steps(len(train_ex), config)
@@ -205,20 +210,20 @@ def train_adapter(
             )
             sync = not env.enabled or k == len(batches) - 1
             # Only positions whose next token is a response token go through lm_head: prompt and padding
-            # logits are never computed, which saves the (B, T, V) tensor and its log-softmax.
+            # logits are never computed, and the scored ones exist one chunk at a time.
             scored = torch.zeros_like(batch.labels, dtype=torch.bool)  # (B, T)
             scored[:, :-1] = batch.labels[:, 1:] != IGNORE_INDEX
-            targets = batch.labels[:, 1:][scored[:, :-1]]  # (N,) row-major, as transformers flattens the mask
+            targets = batch.labels[:, 1:][scored[:, :-1]]  # (N,) row-major, as the hidden states are gathered
             with nullcontext() if sync else ddp.no_sync():
                 with autocast:
-                    logits = ddp(
+                    mb_loss = ddp(
                         input_ids=batch.input_ids,
                         attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids,
-                        logits_to_keep=scored,
-                        use_cache=False,  # with a cache, transformers ignores packed position ids
-                    ).logits  # (N, V)
-                loss = F.cross_entropy(logits.float(), targets, reduction="sum") * weight / n_tokens
+                        scored=scored,
+                        targets=targets,
+                    )
+                loss = mb_loss * weight / n_tokens
                 # DDP averages gradients over ranks; each rank holds a part of the sum, so scale back up.
                 (loss * env.world).backward()
             loss_sum += float(loss.detach())
@@ -306,7 +311,7 @@ def train_adapter(
         peak_memory_bytes=_peak_memory(device),
         adapter_bytes=adapter_file.stat().st_size if adapter_file.is_file() else 0,
         tokens_per_s=run_tokens / max(train_time, 1e-9),
-        mfu=_mfu(total, run_tokens, train_time, device),
+        mfu=model_flops_utilization(total, run_tokens, train_time, device),
     )
 
 
@@ -350,7 +355,7 @@ def _peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _mfu(n_params: int, tokens: float, seconds: float, device: torch.device) -> float | None:
+def model_flops_utilization(n_params: int, tokens: float, seconds: float, device: torch.device) -> float | None:
     """Model FLOPs utilization: LoRA's forward (2N) + activation backward (2N) per token; the frozen base
     needs no weight gradients, so not the 6N of full fine-tuning. None off CUDA or on an unknown GPU."""
     if device.type != "cuda" or seconds <= 0:

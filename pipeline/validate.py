@@ -7,9 +7,8 @@ leaves the valid set is in `quarantined`, and every warned row in `warnings`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,17 +16,13 @@ import pandera.pandas as pa
 
 from pipeline import dataset_checks as dc
 from pipeline.config import PipelineConfig, ValidationConfig
-from pipeline.formatting import IGNORE_INDEX, encode_pair
 from pipeline.near_duplicates import duplicate_groups
 from pipeline.records import QUARANTINE_COLUMNS, preview
 from pipeline.split import split_groups
+from pipeline.token_lengths import TokenCounter, TokenLimits, chat_token_counter
 from schemas.pairs import pair_schema
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-# (total tokens, response tokens) per row, as training will see them; NA where a row cannot be rendered.
-TokenCounter = Callable[[pd.DataFrame], tuple[pd.Series, pd.Series]]
+__all__ = ["TokenCounter", "ValidationFailed", "ValidationResult", "chat_token_counter", "validate_records"]
 _DROP = ("quarantine", "error")
 
 
@@ -66,23 +61,6 @@ class ValidationResult:
                 + "; ".join(self.errors)
                 + ". Fix the data (see the validation report) or change validation.policies / thresholds."
             )
-
-
-def chat_token_counter(tokenizer: PreTrainedTokenizerBase) -> TokenCounter:
-    """Count tokens with the training code path (`encode_pair`: chat template, response mask, EOS)."""
-
-    def count(records: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-        total = pd.Series(pd.NA, index=records.index, dtype="Int64")
-        response = pd.Series(pd.NA, index=records.index, dtype="Int64")
-        for idx, row in zip(records.index, records.itertuples(index=False), strict=True):
-            if not isinstance(row.prompt, str) or not isinstance(row.response, str):
-                continue  # the contract checks report these rows
-            ex = encode_pair(tokenizer, row)
-            total.at[idx] = len(ex.input_ids)
-            response.at[idx] = sum(1 for label in ex.labels if label != IGNORE_INDEX)
-        return total, response
-
-    return count
 
 
 def _check_names(schema: pa.DataFrameSchema) -> tuple[str, ...]:
@@ -169,7 +147,8 @@ def validate_records(
     records = records.reset_index(drop=True)
     checked = records
     if token_counter is not None and not records.empty:
-        total, response = token_counter(records)
+        # Exact counts where a verdict needs them; NA where the bounds prove the row within both limits.
+        total, response = token_counter(records, TokenLimits(config.data.max_length, vcfg.min_response_tokens))
         checked = records.assign(n_tokens=total.astype("Int64"), n_response_tokens=response.astype("Int64"))
     elif token_counter is not None:
         checked = records.assign(n_tokens=pd.Series(dtype="Int64"), n_response_tokens=pd.Series(dtype="Int64"))

@@ -122,7 +122,12 @@ def pair_schema(
     max_length: int | None = None,
     min_response_tokens: int | None = None,
 ) -> pa.DataFrameSchema:
-    """The PairRecord schema plus the project's own rules; token limits add the derived token columns."""
+    """The PairRecord schema plus the project's own rules; token limits add the derived token columns.
+
+    `n_tokens` / `n_response_tokens` hold exact counts (as `encode_pair` makes them) for every row that was
+    counted, and NA for rows proven within both limits by the tokenizer's bounds, or that cannot be rendered
+    (the contract checks report those): NA passes, so only counted rows can fail, with their count as evidence.
+    """
     schema = PairRecordSchema.to_schema()
     if categories is not None:
         allowed = list(categories)

@@ -72,6 +72,8 @@ def test_flow_end_to_end_logs_a_complete_run(
     ):
         assert key in m, key
     assert m["forgetting_ppl_delta"] == pytest.approx(m["forgetting_ppl_adapter"] - m["forgetting_ppl_base"])
+    ratio = m["forgetting_wall_time_s"] / m["train_wall_time_s"]
+    assert m["forgetting_to_train_time_ratio"] == pytest.approx(ratio)
     losses = ml.get_metric_history(outcome.run_id, "train_loss")
     assert [x.step for x in losses] == list(range(1, int(m["train_steps"]) + 1))
     assert losses[-1].value < losses[0].value

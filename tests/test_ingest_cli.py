@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.labelstudio.bootstrap import read_prompts
 from pipeline.labelstudio.client import connect, ensure_project, raw_get, skip_task, submit_annotation
 from pipeline.labelstudio.server import LocalLabelStudio
 
@@ -71,6 +72,8 @@ def test_init_imports_prompts_with_drafts_once_and_pull_prints_the_table(
     assert main(["labelstudio", "pull", "--config", str(cfg), "--work-dir", str(work), "--no-feedback"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("incremental pull of ") and _table(out) == table
+    # Only the task whose feedback marker was written changed; the other 5 outcomes were reused.
+    assert "\n1 tasks changed, 0 deleted, 5 reused from the last pull\n" in out
 
     # The UI's JSON export of the same project goes through the same code and reconciles the same.
     export = raw_get(
@@ -102,3 +105,20 @@ def test_init_refuses_a_prompts_file_without_prompts(tmp_path: Path, capsys: pyt
     bad.write_text("prompt,response\nHello?,Hi.\n,orphan answer\n")
     assert main(["labelstudio", "init", "--prompts", str(bad)]) == 2
     assert "row 3 has no non-empty string 'prompt'" in capsys.readouterr().err
+
+
+def test_read_prompts_jsonl_errors_name_the_file_line(tmp_path: Path) -> None:
+    """Blank lines are skipped but counted: errors name the line an editor shows."""
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "Hello?"}\n\n{"response": "orphan"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl row 3 has no non-empty string 'prompt'"):
+        read_prompts(bad)
+    bad.write_text('{"prompt": "Hello?"}\n{not json\n')
+    with pytest.raises(ValueError, match=r"p.jsonl line 2: invalid JSON"):
+        read_prompts(bad)
+    bad.write_text('["prompt"]\n')
+    with pytest.raises(ValueError, match=r"line 1: expected a JSON object, got list"):
+        read_prompts(bad)
+    good = tmp_path / "g.jsonl"
+    good.write_text('{"prompt": "A?"}\n\n{"prompt": "B?", "response": "b"}\n')
+    assert [r["prompt"] for r in read_prompts(good)] == ["A?", "B?"]

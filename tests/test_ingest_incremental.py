@@ -76,7 +76,9 @@ def test_incremental_pull_equals_full_pull_after_edits_deletions_new_tasks_and_s
     assert incremental.source["mode"] == "incremental" and full.source["mode"] == "full"
     # Only the touched tasks were fetched: 0, 2, 3, 4, 25 and the 3 new ones; task 1 was found deleted.
     assert incremental.source["tasks_changed"] == 8
-    assert incremental.source["tasks_deleted"] == 1
+    assert incremental.source["tasks_deleted"] == 1 and incremental.source["listed_all_ids"] is True
+    # The 24 unchanged tasks' stored outcomes were reused, not normalized again; the full pull normalized all 32.
+    assert incremental.source["tasks_normalized"] == 8 and full.source["tasks_normalized"] == 32
     _assert_same(incremental, full)
     recs = incremental.normalized.records.set_index("task_id")
     assert recs.loc[ids[0], "response"] == "Edited answer." and ids[1] not in recs.index
@@ -93,6 +95,7 @@ def test_incremental_pull_equals_full_pull_after_edits_deletions_new_tasks_and_s
     assert set(mark["task_ids"]) == set(ids[:1] + ids[2:] + new)
     again = pull_project(Settings(), cfg, snapshots_root=root)
     assert again.source["mode"] == "incremental" and again.source["tasks_changed"] == 0
+    assert again.source["tasks_normalized"] == 0 and again.source["listed_all_ids"] is False
     _assert_same(again, full)
 
 

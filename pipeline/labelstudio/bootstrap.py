@@ -8,13 +8,13 @@ submitted annotations do (pipeline/records.py).
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from label_studio_sdk import LabelStudio
 
+from pipeline.jsonl import read_jsonl_objects
 from pipeline.labelstudio.client import annotation_result, raw_get
 from pipeline.labelstudio.labeling_config import PROMPT_NAME
 
@@ -28,29 +28,18 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompts file {p} does not exist")
-    rows: list[dict[str, Any]] = []
     if p.suffix.lower() == ".csv":
         with p.open(newline="", encoding="utf-8") as f:
-            rows = [dict(r) for r in csv.DictReader(f)]
-        first_line = 2  # after the header
+            numbered = list(enumerate((dict(r) for r in csv.DictReader(f)), start=2))  # row 1 is the header
     elif p.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p} line {n} is not JSON ({e.msg}); one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{p} line {n} is a JSON {type(row).__name__}, not an object with a 'prompt'")
-            rows.append(row)
-        first_line = 1
+        numbered = read_jsonl_objects(p, str(p))
     else:
         raise ValueError(f"prompts file {p} must end in .jsonl or .csv")
-    for i, row in enumerate(rows):
+    for n, row in numbered:
         prompt = row.get(PROMPT_NAME)
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{p} row {i + first_line} has no non-empty string 'prompt' field: {sorted(row)}")
+            raise ValueError(f"{p} row {n} has no non-empty string 'prompt' field: {sorted(row)}")
+    rows = [row for _, row in numbered]
     return rows
 
 

@@ -6,9 +6,11 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+import orjson
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
@@ -175,8 +177,8 @@ def iter_tasks(client: LabelStudio, project_id: int, *, page_size: int = 100) ->
         yield task.model_dump(mode="json")
 
 
-def raw_get(client: LabelStudio, path: str, params: Any) -> Any:
-    """GET an API path the SDK does not cover well, through the client's retrying transport and auth."""
+def _get(client: LabelStudio, path: str, params: Any) -> httpx.Response:
+    """GET an API path through the client's retrying transport and auth; raises unless HTTP 200."""
     wrapper = client._client_wrapper  # the SDK's own auth headers (legacy token or refreshed PAT)
     r = wrapper.httpx_client.httpx_client.get(
         f"{wrapper.get_base_url()}{path}", params=params, headers=wrapper.get_headers()
@@ -186,12 +188,53 @@ def raw_get(client: LabelStudio, path: str, params: Any) -> Any:
         r.raise_for_status()
     if r.status_code != 200:
         raise LabelStudioError(f"GET {path} answered HTTP {r.status_code}: {r.text[:200]!r}")
-    return r.json()
+    return r
 
 
-def project_task_count(client: LabelStudio, project_id: int) -> int:
-    """How many tasks the project has right now (one cheap request)."""
-    return int(client.projects.get(id=project_id).task_number or 0)
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)  # several times faster than the stdlib on export chunks
+    except orjson.JSONDecodeError:
+        # orjson refuses escaped lone surrogates that the stdlib accepts: bad task data, still a task.
+        return json.loads(body)
+
+
+def raw_get(client: LabelStudio, path: str, params: Any) -> Any:
+    """GET an API path the SDK does not cover well, through the client's retrying transport and auth."""
+    return _json(_get(client, path, params).content)
+
+
+@dataclass(frozen=True)
+class ProjectState:
+    """A project's task count and the server's clock when it was read."""
+
+    task_count: int
+    # The response's `Date` header: the clock Label Studio stamps `updated_at` with (None if absent).
+    server_time: datetime | None
+
+
+def _server_time(r: httpx.Response) -> datetime | None:
+    date = r.headers.get("date")
+    return parsedate_to_datetime(date).astimezone(UTC) if date else None
+
+
+def newest_task_stamps(client: LabelStudio, project_id: int, *, limit: int) -> tuple[ProjectState, dict[int, str]]:
+    """The project's state and the `updated_at` of its `limit` most recently updated tasks, in one request.
+
+    The server counts the tasks before it lists them, so a task created in between is listed but not
+    counted (never the other way round).
+    """
+    params = {
+        "project": project_id,
+        "fields": "task_only",
+        "include": "id,updated_at",
+        "page_size": limit,
+        "query": json.dumps({"ordering": ["-tasks:updated_at"]}),
+    }
+    r = _get(client, "/api/tasks", params)
+    body = _json(r.content)
+    stamps = {int(t["id"]): str(t["updated_at"]) for t in body["tasks"]}
+    return ProjectState(task_count=int(body["total"]), server_time=_server_time(r)), stamps
 
 
 def iter_task_fields(
@@ -231,25 +274,26 @@ def list_task_stamps(
     }
 
 
-def task_id_bounds(client: LabelStudio, project_id: int) -> tuple[int, int, int]:
-    """(lowest task id, highest task id, task count) of the project, in two tiny requests."""
-    ends = []
+def task_id_bounds(client: LabelStudio, project_id: int) -> tuple[int, int, ProjectState]:
+    """(lowest task id, highest task id, the project's state) in two tiny requests; (0, -1, ...) if empty."""
+    ends: list[int] = []
+    states: list[ProjectState] = []
     for ordering in ("tasks:id", "-tasks:id"):
-        body = raw_get(
-            client,
-            "/api/tasks",
-            {
-                "project": project_id,
-                "fields": "task_only",
-                "include": "id",
-                "page_size": 1,
-                "query": json.dumps({"ordering": [ordering]}),
-            },
-        )
+        params = {
+            "project": project_id,
+            "fields": "task_only",
+            "include": "id",
+            "page_size": 1,
+            "query": json.dumps({"ordering": [ordering]}),
+        }
+        r = _get(client, "/api/tasks", params)
+        body = _json(r.content)
+        states.append(ProjectState(task_count=int(body["total"]), server_time=_server_time(r)))
         if not body["tasks"]:
-            return 0, -1, 0
+            return 0, -1, states[0]
         ends.append(int(body["tasks"][0]["id"]))
-    return ends[0], ends[1], int(body["total"])
+    # The first answer's clock: the earlier one, so no change after it can be missed.
+    return ends[0], ends[1], ProjectState(task_count=states[-1].task_count, server_time=states[0].server_time)
 
 
 def export_tasks(client: LabelStudio, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -273,22 +317,3 @@ def updated_since_query(since_iso: str) -> str:
     value = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": value}
     return json.dumps({"filters": {"conjunction": "and", "items": [item]}})
-
-
-def tasks_updated_since(
-    client: LabelStudio, project_id: int, since_iso: str, *, page_size: int = 100
-) -> Iterator[dict[str, Any]]:
-    """Tasks (with annotations and drafts) updated after `since_iso`, filtered on the server, paginated."""
-    query = updated_since_query(since_iso)
-    page, seen = 1, 0
-    while True:
-        body = raw_get(
-            client,
-            "/api/tasks",
-            {"project": project_id, "fields": "all", "page_size": page_size, "page": page, "query": query},
-        )
-        yield from body["tasks"]
-        seen += len(body["tasks"])
-        if seen >= int(body["total"]) or not body["tasks"]:
-            return
-        page += 1

@@ -54,6 +54,11 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     prepared = prepare_dataset(pull, snapshots)
     src = pull.source
     print(f"{src.get('mode', 'file')} pull of {src.get('url') or src.get('path')} project {pull.project.id}")
+    if src.get("mode") == "incremental":
+        reused = pull.normalized.tasks_seen - src["tasks_normalized"]
+        print(
+            f"{src['tasks_changed']} tasks changed, {src['tasks_deleted']} deleted, {reused} reused from the last pull"
+        )
     print(prepared.reconciliation.table())
     print(f"snapshot: {prepared.snapshot.path}")
     if args.export_file is None and cfg.feedback and not args.no_feedback:

@@ -1,10 +1,12 @@
-"""One pull of a project: full or incremental fetch -> canonical tasks -> PairRecords, plus the new watermark."""
+"""One pull of a project: full or incremental fetch -> per-task outcomes -> PairRecords, plus the new watermark."""
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,20 @@ from label_studio_sdk.core.api_error import ApiError
 
 from pipeline.config import LabelStudioConfig
 from pipeline.incremental import (
-    TASKS_DIR,
-    TaskFileWriter,
+    Changes,
+    Watermark,
     fetch_all,
-    merge,
-    plan_incremental,
+    fetch_tasks,
+    ids_to_fetch,
+    kept_tasks,
+    list_changes,
+    overlap_floor,
     previous_watermark,
-    read_tasks_file,
+    updated_after,
 )
 from pipeline.labelstudio.client import LabelStudioError
-from pipeline.records import NormalizedTasks, normalize_tasks
+from pipeline.labelstudio.task_store import STORE_DIR, StoredTask, StoreWriter, read_store, stored_task
+from pipeline.records import NormalizedTasks, OutcomeCollector
 
 
 @dataclass(frozen=True)
@@ -45,26 +51,44 @@ def pull_tasks(
 ) -> PulledTasks:
     """Fetch (incrementally when a watermark exists and `full` is False) and normalize every task of a project.
 
-    Transient HTTP failures are retried by the client's transport; what still fails becomes a
-    `LabelStudioError` naming the project and URL, and nothing of this pull is left behind.
+    An incremental pull normalizes only the tasks that changed and reuses the stored outcomes of the
+    others; `source["tasks_normalized"]` counts the tasks normalized by this pull. Transient HTTP
+    failures are retried by the client's transport; what still fails becomes a `LabelStudioError`
+    naming the project and URL, and nothing of this pull is left behind.
     """
     started = time.perf_counter()
     root = Path(snapshots_root) if snapshots_root is not None else None
     mark = None
     if root is not None and cfg.incremental and not full:
-        mark = previous_watermark(root, url, project_id)
-    # Without a snapshots root (ad-hoc pulls) the task file goes to a throwaway directory.
-    files = (root / TASKS_DIR) if root is not None else Path(_scratch_dir()) / TASKS_DIR
-    writer = TaskFileWriter(files, project_id, overlap_s=cfg.watermark_overlap_s)
+        mark = previous_watermark(root, url, project_id, cfg.annotation_rule)
+    # Without a snapshots root (ad-hoc pulls) the task store goes to a throwaway directory.
+    store_dir = (root / STORE_DIR) if root is not None else Path(_scratch_dir()) / STORE_DIR
+    collector = OutcomeCollector()
+    normalized_here = 0
+
+    def fresh(tasks: Iterable[dict[str, Any]]) -> Iterator[StoredTask]:
+        nonlocal normalized_here
+        for task in tasks:
+            normalized_here += 1
+            yield stored_task(task, project_id=project_id, rule=cfg.annotation_rule)
+
+    recent: dict[str, str] = {}
     try:
+        # The server's clock before anything is fetched is the next pull's watermark.
+        changes = None
         if mark is None:
-            tasks = fetch_all(client, project_id, chunk_size=cfg.export_chunk_size, workers=cfg.workers)
-            changed, deleted = None, None
+            state, ids = ids_to_fetch(client, project_id)
+            tasks = fresh(fetch_all(client, project_id, ids, chunk_size=cfg.export_chunk_size, workers=cfg.workers))
         else:
-            plan = plan_incremental(client, project_id, mark, chunk_size=cfg.export_chunk_size)
-            tasks = merge(read_tasks_file(files / mark.tasks_file), plan)
-            changed, deleted = len(plan.changed), len(plan.deleted)
-        normalized = normalize_tasks(writer.wrap(tasks), project_id=project_id, rule=cfg.annotation_rule)
+            state, changes = list_changes(client, project_id, mark)
+            tasks = _changed_and_kept(client, project_id, store_dir / mark.tasks_file, changes, cfg, fresh)
+        floor = overlap_floor(state.server_time, cfg.watermark_overlap_s) if state.server_time else None
+        with StoreWriter(store_dir, project_id) as store:
+            for item in tasks:
+                store.write(item)
+                collector.add(item.outcome)
+                if floor is not None and item.stamp is not None and updated_after(item.stamp, floor):
+                    recent[str(item.id)] = item.stamp
     except (httpx.HTTPError, ApiError) as e:
         raise LabelStudioError(
             f"pulling Label Studio project {project_id} from {url} failed after {cfg.retries} retries per "
@@ -75,13 +99,47 @@ def pull_tasks(
         "url": url,
         "project_id": project_id,
         "mode": "full" if mark is None else "incremental",
-        "tasks_changed": changed,
-        "tasks_deleted": deleted,
+        # Tasks fetched again because they changed (or were created) since the watermark, and deleted since.
+        "tasks_changed": None if changes is None else normalized_here,
+        "tasks_deleted": None if changes is None else len(changes.deleted),
+        "listed_all_ids": None if changes is None else changes.listed_all_ids,
+        "tasks_normalized": normalized_here,
         "annotation_rule": cfg.annotation_rule,
         "pull_seconds": round(time.perf_counter() - started, 3),
-        "watermark": writer.watermark.as_dict(),
+        "watermark": _watermark(store, state.server_time, recent, cfg),
     }
-    return PulledTasks(normalized=normalized, source=source)
+    return PulledTasks(normalized=collector.result(sort_by_task_id=True), source=source)
+
+
+def _changed_and_kept(
+    client: LabelStudio,
+    project_id: int,
+    previous_store: Path,
+    changes: Changes,
+    cfg: LabelStudioConfig,
+    normalize: Callable[[Iterable[dict[str, Any]]], Iterator[StoredTask]],
+) -> Iterator[StoredTask]:
+    """The stored tasks that did not change, then the changed ones fetched and normalized anew."""
+    fetched = fetch_tasks(client, project_id, changes.fetch, chunk_size=cfg.export_chunk_size)
+    yield from kept_tasks(read_store(previous_store), changes)
+    yield from normalize(fetched)
+
+
+def _watermark(
+    store: StoreWriter, as_of: datetime | None, recent: dict[str, str], cfg: LabelStudioConfig
+) -> dict[str, Any] | None:
+    if as_of is None:
+        return None  # the server sent no Date header: without its clock, the next pull is a full one
+    assert store.name is not None and store.sha256 is not None
+    return Watermark(
+        as_of=as_of.isoformat().replace("+00:00", "Z"),
+        task_ids=store.task_ids,
+        tasks_file=store.name,
+        tasks_sha256=store.sha256,
+        annotation_rule=cfg.annotation_rule,
+        overlap_s=cfg.watermark_overlap_s,
+        recent=recent,
+    ).as_dict()
 
 
 def _scratch_dir() -> str:

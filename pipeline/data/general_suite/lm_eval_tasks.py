@@ -32,6 +32,16 @@ def perplexity(suite_dir: str | None = None, **_: Any) -> dict[str, Dataset]:
     return {"test": Dataset.from_list([{"id": t.id, "domain": t.domain, "text": t.text} for t in suite.text_items])}
 
 
+def question_prompt(doc: dict[str, Any]) -> str:
+    """The multiple-choice prompt; each choice is scored after it with a leading space (`target_delimiter`)."""
+    return f"Question: {doc['question']}\nAnswer:"
+
+
+def no_context(doc: dict[str, Any]) -> str:
+    """Perplexity texts are scored whole (rolling log-likelihood), with no prompt before them."""
+    return ""
+
+
 def perplexity_results(doc: dict[str, Any], results: tuple[float]) -> dict[str, tuple[float, int]]:
     """Per-document (log-likelihood, weight) pairs, aggregated by lm-eval's weighted perplexities."""
     (loglikelihood,) = results
