@@ -12,19 +12,28 @@ In one process, per round, one after another on the same data:
   peer       the in-house batched scorer (pipeline.evaluate.score_suite) on the same suite, base + adapter:
              the same work without lm-eval's request building and metrics
 The one-off import of lm-eval's evaluator and HF model modules is timed separately (paid once per process, not per adapter).
-Medians over rounds are reported, because 2-core machines shared with other work are noisy.
+Medians over rounds are reported, because 2-core machines shared with other work are noisy; the first round (the
+first check in the process, as in a flow run) is reported too. The denominator is train_adapter's `wall_time_s`
+(logged as `train_wall_time_s`: the training loop including its held-out scoring).
+After the timed rounds, one more check runs instrumented (wall-clock timers around the model forward, the
+backend's tokenization, lm-eval's evaluate and task loading) for a breakdown of where the check's time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -33,11 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+import pipeline.evaluate as evaluate_module
+import pipeline.harness as harness
 from pipeline.config import load_config
 from pipeline.demo import DEMO_CONFIG
 from pipeline.evaluate import forgetting_check, load_verified_adapter, score_suite
 from pipeline.formatting import build_examples
 from pipeline.general_suite import load_general_suite
+from pipeline.lm_eval_backend import PipelineLM
 from pipeline.modeling import load_tokenizer
 from pipeline.sample_data import sample_records
 from pipeline.split import split_train_eval
@@ -45,6 +57,78 @@ from pipeline.tiny_model import build_tiny_model
 from pipeline.train import train_adapter
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@contextmanager
+def _timed(owner: Any, name: str, label: str, acc: Counter[str]) -> Iterator[None]:
+    """Add the wall time of every call to `owner.name` to `acc[label]` while inside."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            acc[label] += time.perf_counter() - t
+
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _breakdown(check: Callable[[], object], model: torch.nn.Module) -> dict[str, float]:
+    """Seconds of one instrumented check by part: model forward, tokenization, lm-eval's own work, task loading."""
+    import lm_eval.evaluator
+
+    acc: Counter[str] = Counter()
+    started: list[float] = []
+
+    def before(*_: object) -> None:
+        started.append(time.perf_counter())
+
+    def after(*_: object) -> None:
+        # Forwards of the adapter-applied probe are counted under probe_s, not here.
+        acc["model_forward_s" if not acc["in_probe"] else "probe_forward_s"] += time.perf_counter() - started.pop()
+
+    probe = evaluate_module.assert_adapter_applied
+
+    def timed_probe(*args: Any, **kwargs: Any) -> Any:
+        acc["in_probe"], t = 1, time.perf_counter()
+        try:
+            return probe(*args, **kwargs)
+        finally:
+            acc["in_probe"], acc["probe_s"] = 0, acc["probe_s"] + time.perf_counter() - t
+
+    hooks = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    evaluate_module.assert_adapter_applied = timed_probe
+    try:
+        with (
+            _timed(lm_eval.evaluator, "evaluate", "lm_eval_evaluate_s", acc),
+            _timed(PipelineLM, "loglikelihood", "backend_s", acc),
+            _timed(PipelineLM, "loglikelihood_rolling", "backend_s", acc),
+            _timed(PipelineLM, "_encode_many", "tokenization_s", acc),
+            _timed(harness, "load_tasks", "task_loading_s", acc),
+        ):
+            t = time.perf_counter()
+            check()
+            total = time.perf_counter() - t
+    finally:
+        evaluate_module.assert_adapter_applied = probe
+        for h in hooks:
+            h.remove()
+    return {
+        "total_s": total,
+        "model_forward_s": acc["model_forward_s"],
+        "backend_other_s": acc["backend_s"] - acc["model_forward_s"] - acc["tokenization_s"],
+        "tokenization_s": acc["tokenization_s"],
+        "lm_eval_own_s": acc["lm_eval_evaluate_s"] - acc["backend_s"],
+        "task_loading_s": acc["task_loading_s"],
+        "adapter_applied_probe_s": acc["probe_s"],
+        "rest_s": total - acc["lm_eval_evaluate_s"] - acc["task_loading_s"] - acc["probe_s"],
+    }
 
 
 def main() -> None:
@@ -70,12 +154,13 @@ def main() -> None:
 
     import_s = time.perf_counter() - t
     suite = load_general_suite()
-    # Compute floor: forward tokens the check scores (both sides) vs forward+backward (~3x) tokens trained.
+    # Token ratio: forward tokens the check runs (both sides) vs forward+backward (~3x) tokens trained.
     tok = load_tokenizer(str(tiny))
+    # Tokens the backend forwards per side: each text once, each question once with its choices after it.
     eval_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in suite.texts) + sum(
-        len(tok(f"Question: {m.question}\nAnswer: {c}", add_special_tokens=False)["input_ids"])
+        len(tok(f"Question: {m.question}\nAnswer:", add_special_tokens=False)["input_ids"])
+        + sum(len(tok(f" {c}", add_special_tokens=False)["input_ids"]) for c in m.choices)
         for m in suite.mc_items
-        for c in m.choices
     )
     train_tokens = cfg.train.epochs * sum(len(e.input_ids) for e in build_examples(tok, train_df, cfg.data.max_length))
     token_ratio = (2 * eval_tokens) / (3 * train_tokens)
@@ -117,6 +202,9 @@ def main() -> None:
         )
         print(json.dumps(rounds[-1]))
 
+    breakdown = _breakdown(lambda: forgetting_check(model, tok, cfg), model)
+    print(json.dumps({"breakdown": breakdown}))
+
     def med(key: str) -> float:
         return statistics.median(x[key] for x in rounds)
 
@@ -135,6 +223,8 @@ def main() -> None:
         "train_tokens_processed": train_tokens,
         "compute_ratio_estimate": token_ratio,
         "median": {k: med(k) for k in rounds[0]},
+        "first_round": rounds[0],
+        "breakdown_one_check": breakdown,
         "rounds": rounds,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "torch": torch.__version__,
@@ -164,8 +254,23 @@ def main() -> None:
         f"| same suite, in-house batched scorer without lm-eval | {m['forgetting_peer_s']:.3f} | "
         f"{m['ratio_peer_to_train_loop']:.3f} |",
         f"| importing lm-eval's evaluator + HF model (once per process) | {import_s:.2f} | {import_s / m['train_loop_s']:.2f} |",
-        f"| compute floor: 2 x {eval_tokens} scored tokens vs 3 x {train_tokens} trained tokens | - | "
+        f"| token ratio: 2 x {eval_tokens} forwarded tokens vs 3 x {train_tokens} trained tokens | - | "
         f"{token_ratio:.3f} |",
+        "",
+        f"First round (the first check in the process, as in a flow run): {rounds[0]['forgetting_harness_s']:.3f} s, "
+        f"{rounds[0]['ratio_harness_to_train_loop']:.3f} of its training loop. Denominator: `train_adapter`'s "
+        "`wall_time_s` (MLflow `train_wall_time_s`, the loop including its held-out scoring).",
+        "",
+        "One instrumented check (`lora-pipeline`), where the time goes:",
+        "",
+        "| part | seconds | share |",
+        "|---|---|---|",
+        *(
+            f"| {k.removesuffix('_s').replace('_', ' ')} | {v:.3f} | {v / breakdown['total_s']:.0%} |"
+            for k, v in breakdown.items()
+            if k != "total_s"
+        ),
+        f"| total | {breakdown['total_s']:.3f} | 100% |",
         "",
         f"Target: <= 0.15. lm-eval ratio {m['ratio_harness_to_train_loop']:.3f} "
         f"({summary['ratio_harness_including_import']:.3f} with the import). Adapter: MC accuracy "

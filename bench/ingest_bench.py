@@ -1,7 +1,7 @@
 """Label Studio pull benchmark: our chunked full + incremental pull vs the SDK's paginated list and the sync export.
 
 Run (starts its own Label Studio on free loopback ports and seeds it; about 20 minutes on 2 cores):
-    .venv/bin/python bench/ingest_bench.py --tasks 10000 --rounds 3 --configs 2x900 4x900 \
+    .venv/bin/python bench/ingest_bench.py --tasks 10000 --rounds 3 --configs 2x900 4x900 4x250 \
         --servers dev gunicorn:2 gunicorn:4 --memory-sizes 2000 10000
 Writes bench/results/ingest.json and bench/results/ingest.md (`--out NAME` for NAME.json/.md). Not run in CI.
 
@@ -24,7 +24,8 @@ Methods, all in this process against the server under test:
                             edited (a fresh 1% each round)
 (b), (b') and (c) alternate for `--rounds` rounds (their order rotates each round), then (d); the summary
 compares medians per server. Per method: wall time, tasks/s, requests, the slowest single request, the
-largest response body, client CPU seconds and Label Studio's CPU seconds (all its processes, from /proc).
+largest response body, the longest request line, client CPU seconds and Label Studio's CPU seconds (all its
+processes, from /proc).
 
 Client memory: a full pull runs in a fresh subprocess per project size under tracemalloc (against the dev
 server). `peak` is the most memory Python held during the pull; `result` what it still holds afterwards (the
@@ -38,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +53,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ingest_report import markdown, summarize
 from ls_gunicorn import GunicornLabelStudio, ensure_gunicorn, gunicorn_version
 
 from pipeline.config import LabelStudioConfig
@@ -76,10 +77,13 @@ class RequestLog:
         self.reset()
 
     def reset(self) -> None:
-        self.count, self.slowest_s, self.largest_bytes = 0, 0.0, 0
+        self.count, self.slowest_s, self.largest_bytes, self.longest_line = 0, 0.0, 0, 0
 
     def on_request(self, request: httpx.Request) -> None:
         request.extensions["t0"] = time.perf_counter()
+        # "GET <path?query> HTTP/1.1": servers and proxies cap it (gunicorn 4094 bytes, nginx 8 KB by default).
+        line = len(request.method) + len(request.url.raw_path) + len(" HTTP/1.1") + 1
+        self.longest_line = max(self.longest_line, line)
 
     def on_response(self, response: httpx.Response) -> None:
         response.read()
@@ -173,6 +177,7 @@ class Bench:
             "requests": self.log.count,
             "slowest_request_s": round(self.log.slowest_s, 2),
             "largest_response_mb": round(self.log.largest_bytes / 1e6, 2),
+            "longest_request_line_bytes": self.log.longest_line,
             "client_cpu_s": round(cpu, 2),
             "server_cpu_s": round(server_cpu, 2),
         }
@@ -367,7 +372,7 @@ def main() -> int:
                 assert server.pid is not None
                 measure_server(f"gunicorn-{workers}", server.url, server.pid)
 
-    summary = {label: _summary(rows, label, args.configs) for label in loads}
+    summary = {label: summarize(rows, label, args.configs) for label in loads}
     result = {
         "command": ".venv/bin/python bench/ingest_bench.py " + " ".join(sys.argv[1:]),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
@@ -383,105 +388,9 @@ def main() -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.out}.md").write_text(_markdown(result))
+    (RESULTS / f"{args.out}.md").write_text(markdown(result))
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _median(rows: list[dict[str, Any]], prefix: str, key: str = "wall_s") -> float:
-    return round(statistics.median(r[key] for r in rows if r["method"].startswith(prefix)), 2)
-
-
-def _rounds_won(rows: list[dict[str, Any]], spec: str, peer: str) -> str:
-    by = {r["method"]: r["wall_s"] for r in rows}
-    rounds = [m.rsplit(" ", 1)[1] for m in by if m.startswith(f"{peer} round")]
-    won = sum(by[f"full_pull {spec} round {r}"] <= by[f"{peer} round {r}"] for r in rounds)
-    return f"{won} of {len(rounds)}"
-
-
-def _summary(all_rows: list[dict[str, Any]], server: str, configs: list[str]) -> dict[str, Any]:
-    rows = [r for r in all_rows if r["server"] == server]
-    sync, sync_norm = _median(rows, "sync_export (b) "), _median(rows, "sync_export+normalize (b') ")
-    full = {spec: _median(rows, f"full_pull {spec} ") for spec in configs}
-    best = min(full, key=lambda s: full[s])
-    incremental = _median(rows, "incremental 1%")
-    ours = [r for r in rows if r["method"].startswith(("full_pull", "incremental"))]
-    out: dict[str, Any] = {
-        "median_sync_export_s": sync,
-        "median_sync_export_normalized_s": sync_norm,
-        "median_full_pull_s": full,
-        "best_full_pull": best,
-        "full_vs_sync_export_speedup": round(sync / full[best], 2),
-        "full_faster_than_sync_in_rounds": _rounds_won(rows, best, "sync_export (b)"),
-        "full_vs_sync_export_normalized_speedup": round(sync_norm / full[best], 2),
-        "full_faster_than_sync_normalized_in_rounds": _rounds_won(rows, best, "sync_export+normalize (b')"),
-        "median_incremental_s": incremental,
-        "incremental_share_of_full": round(incremental / full[best], 3),
-        "slowest_request_of_our_pulls_s": max(r["slowest_request_s"] for r in ours),
-        "slowest_request_of_sync_export_s": max(r["slowest_request_s"] for r in rows if "sync_export" in r["method"]),
-        "median_server_cpu_s": {
-            "sync_export (b)": _median(rows, "sync_export (b) ", "server_cpu_s"),
-            f"full_pull {best}": _median(rows, f"full_pull {best} ", "server_cpu_s"),
-        },
-        "median_client_cpu_s": {
-            "sync_export (b)": _median(rows, "sync_export (b) ", "client_cpu_s"),
-            "sync_export+normalize (b')": _median(rows, "sync_export+normalize (b') ", "client_cpu_s"),
-            f"full_pull {best}": _median(rows, f"full_pull {best} ", "client_cpu_s"),
-        },
-    }
-    if any(r["method"].startswith("sdk_paginated") for r in rows):
-        sdk = _median(rows, "sdk_paginated")
-        out["sdk_paginated_s"] = sdk
-        out["full_vs_sdk_paginated_speedup"] = round(sdk / full[best], 2)
-    return out
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    load = result["load_average_1_5_15"]
-    md = ["# Label Studio pull benchmark", "", f"`{result['command']}`", "", result["notes"], ""]
-    md += [f"Versions: {result['versions']}. Load average (1, 5, 15 min) at start {load['start']}, at end "]
-    md[-1] += f"{load['end']} ({result['machine']['cpus']} cores)."
-    md += ["", "## Summary (medians)", ""]
-    md += [
-        "| server | (a) SDK list s | (b) sync export s | (b') export + normalize s | best full pull | full pull s | "
-        "× (a) | × (b) | rounds won vs (b) | × (b') | rounds won vs (b') | slowest request ours / (b) s | "
-        "incremental 1% s (share) | load avg start → end |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for server, s in result["summary"].items():
-        best, per = s["best_full_pull"], load["per_server"][server]
-        md.append(
-            f"| {server} | {s.get('sdk_paginated_s', '-')} | {s['median_sync_export_s']} | "
-            f"{s['median_sync_export_normalized_s']} | {best} | {s['median_full_pull_s'][best]} | "
-            f"{s.get('full_vs_sdk_paginated_speedup', '-')} | {s['full_vs_sync_export_speedup']} | "
-            f"{s['full_faster_than_sync_in_rounds']} | {s['full_vs_sync_export_normalized_speedup']} | "
-            f"{s['full_faster_than_sync_normalized_in_rounds']} | {s['slowest_request_of_our_pulls_s']} / "
-            f"{s['slowest_request_of_sync_export_s']} | {s['median_incremental_s']} "
-            f"({s['incremental_share_of_full']:.1%}) | {per['start'][0]} → {per['end'][0]} |"
-        )
-    md += ["", "## Every measurement", ""]
-    md += [
-        "| server | method | tasks | wall s | tasks/s | requests | slowest request s | largest response MB | "
-        "client CPU s | server CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    md += [
-        f"| {r['server']} | {r['method']} | {r['tasks']} | {r['wall_s']} | {r['tasks_per_s']} | {r['requests']} | "
-        f"{r['slowest_request_s']} | {r['largest_response_mb']} | {r['client_cpu_s']} | {r['server_cpu_s']} |"
-        for r in result["rows"]
-    ]
-    for server, s in result["summary"].items():
-        md += ["", f"Summary, {server}:", "", *[f"- {k}: {v}" for k, v in s.items()]]
-    md += ["", "## Client memory of a full pull (tracemalloc, fresh process)", ""]
-    md += [
-        "| project tasks | WORKERSxCHUNK | peak MB | result MB (PairRecords frames) | working MB (peak - result) |",
-        "|---|---|---|---|---|",
-    ]
-    md += [
-        f"| {m['project_tasks']} | {m['spec']} | {m['peak_mb']} | {m['result_mb']} | {m['working_mb']} |"
-        for m in result["client_memory"]
-    ]
-    return "\n".join(md) + "\n"
 
 
 def _cpus() -> int:

@@ -35,7 +35,8 @@ class LabelStudioConfig(_Strict):
     categories: tuple[str, ...] = ("schedules", "tickets", "lost_property", "accessibility")
     page_size: int = Field(default=100, ge=1, le=1000)
     timeout_s: float = Field(default=30.0, gt=0)
-    # Tasks per export request of a full pull; Django refuses more than 1000 query fields.
+    # Tasks per export request of a full pull; Django refuses more than 1000 query fields. Requests are also
+    # capped to a 7000-byte request line (nginx default 8 KiB); a 414 from a stricter server halves them.
     export_chunk_size: int = Field(default=900, ge=1, le=900)
     # Concurrent requests of a full pull (chunks are fetched in parallel, kept in id order).
     workers: int = Field(default=2, ge=1, le=16)

@@ -32,6 +32,7 @@ from label_studio_sdk import LabelStudio
 
 from pipeline.labelstudio.client import (
     ProjectState,
+    export_ids_per_request,
     export_tasks,
     list_task_stamps,
     newest_task_stamps,
@@ -153,6 +154,7 @@ def fetch_all(
     Chunks hold at most `chunk_size` ids and are of equal size, their number a multiple of `workers`, so
     that the last requests in flight finish together instead of one big chunk finishing alone.
     """
+    chunk_size = min(chunk_size, export_ids_per_request(max(ids, default=0)))
     n_chunks = -(-len(ids) // chunk_size)
     n_chunks = -(-n_chunks // workers) * workers
     size = max(1, -(-len(ids) // n_chunks)) if n_chunks else chunk_size
@@ -208,6 +210,7 @@ def list_changes(
 def fetch_tasks(client: LabelStudio, project_id: int, ids: list[int], *, chunk_size: int) -> list[dict[str, Any]]:
     """The given tasks, canonical, in id order (a task deleted meanwhile is simply absent)."""
     tasks: list[dict[str, Any]] = []
+    chunk_size = min(chunk_size, export_ids_per_request(max(ids, default=0)))
     for start in range(0, len(ids), chunk_size):
         tasks.extend(export_tasks(client, project_id, ids[start : start + chunk_size]))
     return _by_id(tasks)

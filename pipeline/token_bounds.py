@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import combinations, pairwise
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-import jinja2.nodes as jn
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
 from pipeline import text_checks as tc
+from pipeline.chat_template_flow import content_flow, probe
 from pipeline.formatting import chat_template, render
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 # Pre-tokenizers that only split text: none adds a character, and (unless told to remove the match) none drops one.
 _SPLITTERS = {"Split", "Digits", "Punctuation", "UnicodeScripts"}
-# Where a message's content may be printed from: plain control flow, no filters, macros or captured blocks.
-_PLAIN_ANCESTORS = (jn.Template, jn.For, jn.If, jn.Output)
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,8 @@ class LengthBounds:
     eos: int  # 1 when encode_pair may append EOS
     layouts: dict[tuple[bool, bool], _Layout]
     added: tuple[str, ...]  # added-token strings; rows containing one are counted when per_segment > 0
+    trimmed: frozenset[str] = frozenset()  # roles whose content the template trims: bounds hold where it is stripped
+    tests_empty: bool = False  # the template tests contents for truth: bounds hold where none is empty
 
 
 def _backend_json(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
@@ -95,46 +95,10 @@ def _byte_alphabet() -> list[str]:
     return ByteLevel.alphabet()
 
 
-def _content_printed_verbatim(template: str) -> bool:
-    """Whether the template prints every message's content as is (no filter, test, slice, macro or capture)."""
-    # Syntax only: transformers renders with a sandboxed environment, whose parser is jinja2's own.
-    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
-    try:
-        tree = env.parse(template)
-    except jinja2.TemplateError:  # no bounds then; the exact path renders (and fails) as training does
-        return False
-    parents: dict[int, jn.Node] = {}
-    stack: list[jn.Node] = [tree]
-    while stack:
-        node = stack.pop()
-        for child in node.iter_child_nodes():
-            parents[id(child)] = node
-            stack.append(child)
-
-    def ancestors_plain(node: jn.Node) -> bool:
-        parent = parents.get(id(node))
-        while parent is not None:
-            if not isinstance(parent, _PLAIN_ANCESTORS):
-                return False
-            parent = parents.get(id(parent))
-        return True
-
-    for node in tree.find_all((jn.Getitem, jn.Getattr, jn.Const)):
-        if isinstance(node, jn.Const):
-            parent = parents.get(id(node))
-            key_of_plain_item = isinstance(parent, jn.Getitem) and parent.arg is node
-            if node.value == "content" and not key_of_plain_item:
-                return False  # e.g. m.get('content'), 'content' in m
-            continue
-        key = node.attr if isinstance(node, jn.Getattr) else getattr(node.arg, "value", None)
-        if key == "content" and not (isinstance(parents.get(id(node)), jn.Output) and ancestors_plain(node)):
-            return False
-    return True
-
-
 def _sentinel(name: str) -> str:
-    # Quotes, backslash, '<', '&' and surrounding whitespace: any escaping or trimming would change it.
-    return f" \x00{name}<&'\"\\\n\x00 "
+    # Quotes, backslash, '<', '&' and a newline: any escaping would change it. No whitespace at either end, so
+    # `| trim` leaves it alone, as it does every guarded row; `_padded` shows which contents are trimmed.
+    return f"\x00{name}<&'\"\\\n\x00"
 
 
 def _added_tokens(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,6 +143,36 @@ def _extracted(added: list[dict[str, Any]], text: str) -> tuple[int, int]:
     return count, nbytes
 
 
+def _conversation(row: SimpleNamespace, with_response: bool) -> list[dict[str, str]]:
+    """The messages `render` builds for a row (checked against its output wherever they are used)."""
+    msgs = [{"role": "system", "content": row.system}] if row.system else []
+    prompt = f"{row.context}\n\n{row.prompt}" if row.context else row.prompt
+    msgs.append({"role": "user", "content": prompt})
+    return [*msgs, {"role": "assistant", "content": row.response}] if with_response else msgs
+
+
+def _trimmed_roles(tokenizer: PreTrainedTokenizerBase, row: SimpleNamespace, texts: tuple[str, str]) -> set[str] | str:
+    """Roles whose content the template trims, from a render with whitespace around every content: it must equal
+    the sentinel render with each content put in as is or trimmed (the most trimming reading, if several fit)."""
+    padded = SimpleNamespace(**{k: f" {v} " if isinstance(v, str) else v for k, v in vars(row).items()})
+    try:
+        padded_texts = render(tokenizer, padded)
+    except (ValueError, jinja2.TemplateError) as e:
+        return f"the chat template does not render a sentinel conversation: {e}"
+    plain, spaced = _conversation(row, True), _conversation(padded, True)
+    roles = [m["role"] for m in plain]
+    for n_trimmed in range(len(roles), -1, -1):
+        for trimmed in combinations(roles, n_trimmed):
+            expected = []
+            for text in texts:
+                for p, s in zip(plain, spaced, strict=True):
+                    text = text.replace(p["content"], s["content"].strip() if s["role"] in trimmed else s["content"])
+                expected.append(text)
+            if tuple(expected) == padded_texts:
+                return set(trimmed)
+    return "the chat template does not print each message's content as is or trimmed"
+
+
 def derive_bounds(tokenizer: PreTrainedTokenizerBase) -> tuple[LengthBounds | None, str]:
     """The bounds for this tokenizer and its chat template, or None and why every row must be counted."""
     spec = _backend_json(tokenizer)
@@ -189,14 +183,15 @@ def derive_bounds(tokenizer: PreTrainedTokenizerBase) -> tuple[LengthBounds | No
     if isinstance(family, str):
         return None, family
     name, per_segment = family
-    template = chat_template(tokenizer)
-    if not _content_printed_verbatim(template):
-        return None, "the chat template transforms or inspects message content"
+    flow = content_flow(chat_template(tokenizer))
+    if isinstance(flow, str):
+        return None, flow
     added = _added_tokens(spec)
     if any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added):
         return None, "an added token strips whitespace or matches whole words only, so its span is not fixed"
     sentinels = {k: _sentinel(k) for k in ("system", "context", "prompt", "response")}
     layouts: dict[tuple[bool, bool], _Layout] = {}
+    trimmed: set[str] = set()
     for has_system in (False, True):
         for has_context in (False, True):
             row = SimpleNamespace(
@@ -210,6 +205,17 @@ def derive_bounds(tokenizer: PreTrainedTokenizerBase) -> tuple[LengthBounds | No
                 prompt_text, full_text = render(tokenizer, row)
             except (ValueError, jinja2.TemplateError) as e:  # the exact path raises it per row, as training does
                 return None, f"the chat template does not render a sentinel conversation: {e}"
+            if flow.probe is not None:
+                for with_response, text in ((False, prompt_text), (True, full_text)):
+                    probed = probe(flow, tokenizer, _conversation(row, with_response), not with_response)
+                    if probed is None:
+                        return None, f"message content reaches a transforming use (template lines {flow.opaque_lines})"
+                    if probed != text:
+                        return None, "the chat template renders differently outside apply_chat_template"
+            roles = _trimmed_roles(tokenizer, row, (prompt_text, full_text))
+            if isinstance(roles, str):
+                return None, roles
+            trimmed |= roles
             used = [sentinels[k] for k in ("system", "context", "prompt", "response") if getattr(row, k)]
             if any(full_text.count(s) != 1 for s in used) or any(prompt_text.count(s) != 1 for s in used[:-1]):
                 return None, "the chat template does not print each message's content exactly once"
@@ -233,8 +239,12 @@ def derive_bounds(tokenizer: PreTrainedTokenizerBase) -> tuple[LengthBounds | No
             )
     longest = max([len(t) for t in vocab] + [len(t["content"]) for t in added])
     eos = int(tokenizer.eos_token_id is not None)
-    bounds = LengthBounds(name, per_segment, longest, eos, layouts, tuple(t["content"] for t in added))
-    return bounds, f"{name} tokenizer, content printed verbatim"
+    guards = frozenset(trimmed)
+    bounds = LengthBounds(
+        name, per_segment, longest, eos, layouts, tuple(t["content"] for t in added), guards, flow.tests_empty
+    )
+    how = f"content trimmed for {sorted(guards)}" if guards else "content printed as is"
+    return bounds, f"{name} tokenizer, {how}" + (", empty contents tested" if flow.tests_empty else "")
 
 
 def is_text(s: pd.Series | None, n: int) -> np.ndarray:
@@ -289,7 +299,7 @@ def row_bounds(bounds: LengthBounds, records: pd.DataFrame, renderable: np.ndarr
     full_chars = const_full + sys_c + ctx_c + chars["prompt"] + chars["response"]
     after = full_chars - prompt_chars - (bounds.longest_token - 1)
     response_lb = np.maximum(0, -(-after // bounds.longest_token))
-    unbounded = np.zeros(n, dtype=bool)
+    unbounded = _unguarded(bounds, cols, present, chars, has_context)
     if bounds.per_segment and bounds.added:
         pattern = "|".join(_re2_literal(t) for t in bounds.added)
         for c, s in cols.items():
@@ -298,6 +308,45 @@ def row_bounds(bounds: LengthBounds, records: pd.DataFrame, renderable: np.ndarr
                 hit = pc.fill_null(pc.match_substring_regex(text, pattern), False)
                 unbounded |= hit.to_numpy(zero_copy_only=False).astype(bool)
     return RowBounds(total_ub, response_lb, full_chars, prompt_chars, unbounded)
+
+
+# Every character `str.strip()` removes, as an RE2 class: `| trim` is the identity exactly where neither end matches.
+_SPACE = "[" + "".join(f"\\x{{{c:x}}}" for c in range(0x110000) if chr(c).isspace()) + "]"
+
+
+def _edge_space(s: pd.Series | None, mask: np.ndarray, pattern: str) -> np.ndarray:
+    """Where the column's text (rows in mask) matches the anchored whitespace pattern."""
+    if s is None or not mask.any():
+        return np.zeros(len(mask), dtype=bool)
+    text = tc.arrow(s.where(mask, None).astype(object))
+    return pc.fill_null(pc.match_substring_regex(text, pattern), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _unguarded(
+    bounds: LengthBounds,
+    cols: dict[str, pd.Series | None],
+    present: dict[str, np.ndarray],
+    chars: dict[str, np.ndarray],
+    has_context: np.ndarray,
+) -> np.ndarray:
+    """Rows outside the template's guards: a trimmed message whose content is not stripped, or an empty content
+    where the template tests contents for truth. The sentinel layout does not describe them; they are counted."""
+    out = np.zeros(len(has_context), dtype=bool)
+    lead, trail, both = f"^{_SPACE}", f"{_SPACE}$", f"^{_SPACE}|{_SPACE}$"
+    has_system = present["system"] & (chars["system"] > 0)
+    if "system" in bounds.trimmed:
+        out |= _edge_space(cols["system"], has_system, both)
+    if "user" in bounds.trimmed:  # the user message is f"{context}\n\n{prompt}" with a context, else the prompt
+        out |= _edge_space(cols["context"], has_context, lead)
+        out |= has_context & (chars["prompt"] == 0)  # the message would end with the newlines
+        out |= _edge_space(cols["prompt"], present["prompt"] & ~has_context, lead)
+        out |= _edge_space(cols["prompt"], present["prompt"], trail)
+    if "assistant" in bounds.trimmed:
+        out |= _edge_space(cols["response"], present["response"], both)
+    if bounds.tests_empty:
+        out |= present["prompt"] & ~has_context & (chars["prompt"] == 0)
+        out |= present["response"] & (chars["response"] == 0)
+    return out
 
 
 def _re2_literal(s: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from lm_eval.api import registry
+from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
@@ -176,3 +177,19 @@ def test_sides_are_named_and_pairing_does_not_nest(adapted: PeftModel, tiny_mode
             pass
         with pytest.raises(RuntimeError, match="does not nest"), ours.paired({}):
             pass
+
+
+def test_generation_runs_in_the_current_side_under_pairing(adapted: PeftModel, tiny_model_dir: Path) -> None:
+    """Generation is not shared between sides: under side("base") it runs with the adapter disabled."""
+    gen = {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}
+    reqs = [Instance("generate_until", {}, ("Question: What is the weather today?\nAnswer:", gen), 0)]
+    ours, _ = _both(adapted, tiny_model_dir, batch_size=4)
+    with adapted.disable_adapter():
+        want_base = ours.generate_until(reqs)
+    want_adapter = ours.generate_until(reqs)
+    assert want_base != want_adapter  # else this test could not tell the sides apart
+    with ours.paired({"base": adapted.disable_adapter, "adapter": lambda: merged_adapter(adapted)}):
+        with ours.side("base"):
+            assert ours.generate_until(reqs) == want_base
+        with ours.side("adapter"):
+            assert ours.generate_until(reqs) == want_adapter

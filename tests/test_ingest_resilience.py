@@ -17,9 +17,11 @@ from pipeline.config import LabelStudioConfig, Settings
 from pipeline.http_retry import RetryPolicy, RetryTransport
 from pipeline.ingest import prepare_dataset, pull_project
 from pipeline.labelstudio.client import (
+    EXPORT_REQUEST_LINE_BYTES,
     LabelStudioError,
     connect,
     ensure_project,
+    export_ids_per_request,
     import_tasks,
     skip_task,
     submit_annotation,
@@ -34,9 +36,18 @@ class FlakyProxy:
     """Forwards to `upstream`; fails a fraction of requests (503, 429 or a dropped connection) and stalls others."""
 
     def __init__(
-        self, upstream: str, *, fail_rate: float, stall_rate: float = 0.0, stall_s: float = 0.0, seed: int = 0
+        self,
+        upstream: str,
+        *,
+        fail_rate: float,
+        stall_rate: float = 0.0,
+        stall_s: float = 0.0,
+        seed: int = 0,
+        max_request_line: int | None = None,
     ):
         self.upstream, self.fail_rate, self.stall_rate, self.stall_s = upstream, fail_rate, stall_rate, stall_s
+        self.max_request_line = max_request_line  # answer 414 above it, as gunicorn (4094) and nginx (8k) do
+        self.too_long = 0
         self.fail_after: int | None = None  # from this request on, everything fails
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -61,6 +72,13 @@ class FlakyProxy:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
+        if self.max_request_line is not None and len(h.requestline) > self.max_request_line:
+            with self.lock:
+                self.too_long += 1
+            h.send_response(414)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         with self.lock:
             self.requests += 1
             n, roll, mode, stall = self.requests, self.rng.random(), self.rng.randrange(3), self.rng.random()
@@ -177,3 +195,31 @@ def test_retry_transport_does_not_repeat_a_post_the_server_may_have_applied() ->
     assert calls == ["POST"]
     assert client.get("http://x/api/tasks").status_code == 500
     assert calls == ["POST", "GET", "GET", "GET"]
+
+
+def test_export_requests_stay_within_the_request_line_budget() -> None:
+    """The largest chunk of the largest ids still fits the budget (nginx's 8 KiB default, with room to spare)."""
+    for largest in (9, 12_345, 9_999_999):
+        n = export_ids_per_request(largest)
+        params = [("export_type", "JSON"), ("download_all_tasks", "true")] + [("ids[]", largest)] * n
+        line = f"GET /api/projects/123456/export?{httpx.QueryParams(params)} HTTP/1.1"
+        assert EXPORT_REQUEST_LINE_BYTES - 250 < len(line) <= EXPORT_REQUEST_LINE_BYTES, (
+            largest,
+            n,
+        )  # fits, not wasteful
+
+
+def test_a_server_refusing_long_request_lines_gets_smaller_chunks(
+    label_studio: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy answering 414 to request lines over 300 bytes: chunks are halved until they pass, same result."""
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    clean = pull_project(Settings(), _cfg(project))
+    with FlakyProxy(label_studio.url, fail_rate=0.0, max_request_line=300) as proxy:
+        monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
+        strict = pull_project(Settings(), _cfg(project, export_chunk_size=40, workers=1))
+    assert proxy.too_long >= 1
+    pd.testing.assert_frame_equal(strict.normalized.records, clean.normalized.records)
+    pd.testing.assert_frame_equal(strict.normalized.unusable, clean.normalized.unusable)
+    pd.testing.assert_frame_equal(strict.normalized.quarantined, clean.normalized.quarantined)

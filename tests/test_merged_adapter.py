@@ -90,6 +90,7 @@ def test_merging_is_refused_where_it_would_change_the_function(
     ("lora", "reason"),
     [({"use_dora": True}, "LoRA variant"), ({"lora_bias": True}, "no bias to merge it into")],
 )
+@pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed")  # PEFT's own warning for the same case
 def test_adapters_peft_cannot_merge_as_w_plus_ba_are_scored_unmerged(
     tiny_model_dir: Path, lora: dict[str, bool], reason: str
 ) -> None:

@@ -222,9 +222,10 @@ def test_unknown_tokenizer_family_counts_every_row() -> None:
 
 
 def test_template_that_transforms_content_counts_every_row(tiny: Any) -> None:
-    """`| trim` changes content length: the template's text cannot be measured once, so every row is counted."""
+    """`| replace` changes content length: the template's text cannot be measured once, so every row is counted.
+    (`| trim` is guarded per row instead: tests/test_token_bounds_templates.py.)"""
     tokenizer = load_tokenizer(tiny.name_or_path)
-    tokenizer.chat_template = tokenizer.chat_template.replace("m['content']", "m['content'] | trim")
+    tokenizer.chat_template = tokenizer.chat_template.replace("m['content']", "m['content'] | replace('i', 'ii')")
     bounds, why = derive_bounds(tokenizer)
     assert bounds is None and "content" in why
     records = frame([{"prompt": "Sailing 4?", "response": "Pier two."}] * 3)

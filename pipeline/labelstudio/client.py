@@ -28,6 +28,10 @@ class LabelStudioError(RuntimeError):
     """Label Studio is unreachable, rejects our token, or lacks the project; the message says the fix."""
 
 
+class RequestLineTooLong(LabelStudioError):
+    """The server (or a proxy) refused a request line as too long (HTTP 414)."""
+
+
 @dataclass(frozen=True)
 class ProjectRef:
     """A verified project: its id, title and the categories its labeling config offers."""
@@ -186,6 +190,8 @@ def _get(client: LabelStudio, path: str, params: Any) -> httpx.Response:
     if r.status_code in RETRY_STATUSES:
         # The transport already retried these: an HTTPError, so callers report exhausted retries.
         r.raise_for_status()
+    if r.status_code == 414:
+        raise RequestLineTooLong(f"GET {path} answered HTTP 414: request line of {len(str(r.request.url))} bytes")
     if r.status_code != 200:
         raise LabelStudioError(f"GET {path} answered HTTP {r.status_code}: {r.text[:200]!r}")
     return r
@@ -296,10 +302,32 @@ def task_id_bounds(client: LabelStudio, project_id: int) -> tuple[int, int, Proj
     return ends[0], ends[1], ProjectState(task_count=states[-1].task_count, server_time=states[0].server_time)
 
 
+# Request-line budget of an export request. Ids travel in the query string (`ids%5B%5D=123&`), and servers
+# and proxies cap the request line: nginx (in front of Label Studio's Docker image) at 8 KiB by default,
+# gunicorn at 4094 bytes. Chunks are sized to stay under this; a stricter server's 414 splits them further.
+EXPORT_REQUEST_LINE_BYTES = 7000
+_ID_PARAM_BYTES = len("&ids%5B%5D=")
+
+
+def export_ids_per_request(largest_id: int, budget: int = EXPORT_REQUEST_LINE_BYTES) -> int:
+    """How many ids (none above `largest_id`) fit one export request line within `budget` bytes."""
+    return max(1, (budget - 200) // (_ID_PARAM_BYTES + len(str(max(largest_id, 0)))))  # 200: path and fixed params
+
+
 def export_tasks(client: LabelStudio, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """The given tasks in Label Studio's JSON export format (annotations, drafts), in one request."""
+    """The given tasks in Label Studio's JSON export format (annotations, drafts).
+
+    One request, unless the server answers 414 (request line too long): then the ids are halved until
+    the requests pass, so a proxy stricter than `EXPORT_REQUEST_LINE_BYTES` costs requests, not the pull.
+    """
     params = [("export_type", "JSON"), ("download_all_tasks", "true")] + [("ids[]", i) for i in task_ids]
-    tasks = raw_get(client, f"/api/projects/{project_id}/export", params)
+    try:
+        tasks = raw_get(client, f"/api/projects/{project_id}/export", params)
+    except RequestLineTooLong:
+        if len(task_ids) < 2:
+            raise
+        half = len(task_ids) // 2
+        return export_tasks(client, project_id, task_ids[:half]) + export_tasks(client, project_id, task_ids[half:])
     if not isinstance(tasks, list):
         raise LabelStudioError(f"export of project {project_id} did not return a JSON list of tasks")
     return tasks
