@@ -14,17 +14,22 @@ the label_studio package dir on sys.path), so the only difference from the dev s
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-from pipeline.labelstudio.server import LabelStudioStartError, find_label_studio_bin, free_port
+from pipeline.labelstudio.server import (
+    LabelStudioStartError,
+    find_label_studio_bin,
+    free_port,
+    server_env,
+    spawn_server,
+    stop_server,
+    wait_healthy,
+)
 
 SETTINGS_MODULE = "label_studio.core.settings.label_studio"
 # Longer than the single-request export of a large project takes, so that (b) is measured, not cut off
@@ -80,16 +85,11 @@ class GunicornLabelStudio:
             raise LabelStudioStartError(f"no label_studio package under {venv_bin.parent / 'lib'}")
         self.port = self.port or free_port()
         env = {
-            **os.environ,
-            "LABEL_STUDIO_BASE_DATA_DIR": str(Path(self.data_dir).resolve()),
+            **server_env(Path(self.data_dir)),
             "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
             "LOG_LEVEL": "WARNING",  # what `label-studio start` sets by default (its --log-level)
             "HOST": "",
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-            "SSRF_PROTECTION_ENABLED": "false",
-            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         }
-        env.pop("LABEL_STUDIO_API_KEY", None)
         cmd = [
             str(exe),
             "label_studio.core.wsgi:application",
@@ -103,59 +103,25 @@ class GunicornLabelStudio:
             "sync",
             "--timeout",
             str(REQUEST_TIMEOUT_S),
-            # gunicorn refuses request lines over 4094 bytes by default (HTTP 414); a pull's export chunk of
-            # 900 ids is a 12-15 KB request line. uwsgi.ini's buffer-size = 65535 accepts it, so lift the limit.
+            # gunicorn refuses request lines over 4094 bytes by default (HTTP 414); a pull's export chunks go up
+            # to 7000 bytes (halved on a 414). uwsgi.ini's buffer-size = 65535 accepts them, so lift the limit.
             "--limit-request-line",
             "0",
         ]
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, start_new_session=True
-        )
-        log.close()
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if (code := self._proc.poll()) is not None:
-                raise LabelStudioStartError(f"gunicorn exited with code {code}; log tail:\n{self._log_tail()}")
-            try:
-                health = httpx.get(f"{self.url}/health", timeout=5.0)
-                if health.status_code == 200 and health.json().get("status") == "UP":
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(1.0)
-        else:
-            self.stop()
-            raise LabelStudioStartError(f"gunicorn did not answer {self.url}/health; log tail:\n{self._log_tail()}")
+        self._proc = spawn_server(cmd, env, self.log_path, Path(self.data_dir))
+        wait_healthy(self._proc, self.url, self.startup_timeout_s, self.log_path, "gunicorn")
         me = httpx.get(f"{self.url}/api/current-user/whoami", headers={"Authorization": f"Token {self.token}"})
         if me.status_code != 200:
             self.stop()
             raise LabelStudioStartError(
                 f"gunicorn Label Studio is up but refused the API token (HTTP {me.status_code}: {me.text[:200]!r})"
             )
+        return self
 
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self) -> None:
         """Stop the gunicorn master and its workers (its own process group)."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout_s)
+        stop_server(proc, timeout_s=30.0)
 
     def __enter__(self) -> GunicornLabelStudio:
         return self.start()

@@ -7,12 +7,13 @@ that decides whether an adapter is trusted.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
+
+from pipeline.jsonl import read_jsonl_objects
 
 PERPLEXITY_FILE = "perplexity.jsonl"
 MC_FILE = "multiple_choice.jsonl"
@@ -44,26 +45,6 @@ class GeneralSuite:
     text_items: tuple[TextItem, ...] = ()
 
 
-def _records(source: Traversable | Path, label: str) -> list[tuple[int, dict[str, Any]]]:
-    """Parse a JSONL file into (line number, object) pairs, skipping blank lines."""
-    if not source.is_file():
-        raise FileNotFoundError(f"{label}: general suite file not found")
-    out: list[tuple[int, dict[str, Any]]] = []
-    for lineno, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{label} line {lineno}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict):
-            raise ValueError(f"{label} line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        out.append((lineno, obj))
-    if not out:
-        raise ValueError(f"{label}: file holds no records")
-    return out
-
-
 def _text_field(obj: dict[str, Any], key: str, where: str) -> str:
     if key not in obj:
         raise ValueError(f"{where}: missing field '{key}'")
@@ -84,7 +65,7 @@ def _check_id(obj: dict[str, Any], where: str, seen: dict[str, int], lineno: int
 def _load_texts(source: Traversable | Path, label: str) -> tuple[TextItem, ...]:
     seen: dict[str, int] = {}
     items: list[TextItem] = []
-    for lineno, obj in _records(source, label):
+    for lineno, obj in read_jsonl_objects(source, label):
         where = f"{label} line {lineno}"
         item_id = _check_id(obj, where, seen, lineno)
         domain = _text_field(obj, "domain", where)
@@ -95,7 +76,7 @@ def _load_texts(source: Traversable | Path, label: str) -> tuple[TextItem, ...]:
 def _load_mc(source: Traversable | Path, label: str) -> tuple[McItem, ...]:
     seen: dict[str, int] = {}
     items: list[McItem] = []
-    for lineno, obj in _records(source, label):
+    for lineno, obj in read_jsonl_objects(source, label):
         where = f"{label} line {lineno}"
         item_id = _check_id(obj, where, seen, lineno)
         domain = _text_field(obj, "domain", where)

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config import LabelStudioConfig, Settings
 from pipeline.http_retry import RetryPolicy, RetryTransport
-from pipeline.ingest import prepare_dataset, pull_project
+from pipeline.ingest import Pull, prepare_dataset, pull_project
 from pipeline.labelstudio.client import (
     EXPORT_REQUEST_LINE_BYTES,
     LabelStudioError,
@@ -135,6 +135,11 @@ def _cfg(project_id: int, **kw: object) -> LabelStudioConfig:
     return LabelStudioConfig(**{**base, **kw})
 
 
+def _assert_same_pull(got: Pull, expected: Pull) -> None:
+    for frame in ("records", "unusable", "quarantined"):
+        pd.testing.assert_frame_equal(getattr(got.normalized, frame), getattr(expected.normalized, frame), obj=frame)
+
+
 @pytest.mark.slow
 def test_pull_through_20_percent_failures_and_stalls_is_identical(
     label_studio: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -148,9 +153,7 @@ def test_pull_through_20_percent_failures_and_stalls_is_identical(
         flaky = pull_project(Settings(), _cfg(project, retries=10, timeout_s=2.0))
     assert proxy.failed >= 3 and proxy.stalled >= 1, (proxy.requests, proxy.failed, proxy.stalled)
     assert flaky.normalized.tasks_seen == clean.normalized.tasks_seen == 40
-    pd.testing.assert_frame_equal(flaky.normalized.records, clean.normalized.records)
-    pd.testing.assert_frame_equal(flaky.normalized.unusable, clean.normalized.unusable)
-    pd.testing.assert_frame_equal(flaky.normalized.quarantined, clean.normalized.quarantined)
+    _assert_same_pull(flaky, clean)
 
 
 @pytest.mark.slow
@@ -220,6 +223,4 @@ def test_a_server_refusing_long_request_lines_gets_smaller_chunks(
         monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
         strict = pull_project(Settings(), _cfg(project, export_chunk_size=40, workers=1))
     assert proxy.too_long >= 1
-    pd.testing.assert_frame_equal(strict.normalized.records, clean.normalized.records)
-    pd.testing.assert_frame_equal(strict.normalized.unusable, clean.normalized.unusable)
-    pd.testing.assert_frame_equal(strict.normalized.quarantined, clean.normalized.quarantined)
+    _assert_same_pull(strict, clean)

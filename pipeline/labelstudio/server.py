@@ -54,6 +54,68 @@ def find_label_studio_bin() -> Path:
     )
 
 
+def server_env(data_dir: Path) -> dict[str, str]:
+    """The environment a Label Studio server process runs with over `data_dir` (never our client token)."""
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(Path(data_dir).resolve()),
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # Webhooks to a loopback listener (feedback tests, local dev) need this off.
+        "SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+    }
+    # The server must never see our own client credentials.
+    env.pop("LABEL_STUDIO_API_KEY", None)
+    return env
+
+
+def spawn_server(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a server in its own process group (so `stop_server` reaches its workers), output to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log_path: Path, name: str) -> None:
+    """Block until `url/health` answers UP; stop the server and raise with its log tail if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise LabelStudioStartError(
+                f"{name} exited with code {code} before becoming healthy; log tail:\n{log_tail(log_path)}"
+            )
+        try:
+            r = httpx.get(f"{url}/health", timeout=2.0)
+            if r.status_code == 200 and r.json().get("status") == "UP":
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1.0)
+    stop_server(proc)
+    raise LabelStudioStartError(
+        f"{name} did not answer {url}/health within {timeout_s:.0f}s; log tail:\n{log_tail(log_path)}"
+    )
+
+
+def log_tail(log_path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_server(proc: subprocess.Popen[bytes] | None, timeout_s: float = 20.0) -> None:
+    """Stop a server started by `spawn_server` and every process it started (its process group)."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout_s)
+
+
 @dataclass
 class LocalLabelStudio:
     """A Label Studio server on loopback with a headless-bootstrapped admin user and API token.
@@ -91,18 +153,11 @@ class LocalLabelStudio:
             raise LabelStudioStartError(f"port {self.port} is already in use; pick another with --port")
         exe = self.executable or find_label_studio_bin()
         env = {
-            **os.environ,
-            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+            **server_env(self.data_dir),
             "LABEL_STUDIO_USERNAME": self.username,
             "LABEL_STUDIO_PASSWORD": self.password,
             "LABEL_STUDIO_USER_TOKEN": self.token,
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-            # Webhooks to a loopback listener (feedback tests, local dev) need this off.
-            "SSRF_PROTECTION_ENABLED": "false",
-            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         }
-        # The server must never see our own client credentials.
-        env.pop("LABEL_STUDIO_API_KEY", None)
         cmd = [
             str(exe),
             "start",
@@ -114,53 +169,14 @@ class LocalLabelStudio:
             "--data-dir",
             str(self.data_dir),
         ]
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, start_new_session=True
-        )
-        log.close()
-        self._wait_healthy()
+        self._proc = spawn_server(cmd, env, self.log_path, self.data_dir)
+        wait_healthy(self._proc, self.url, self.startup_timeout_s, self.log_path, "label-studio")
         return self
 
-    def _wait_healthy(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
-                raise LabelStudioStartError(
-                    f"label-studio exited with code {code} before becoming healthy; log tail:\n{self._log_tail()}"
-                )
-            try:
-                r = httpx.get(f"{self.url}/health", timeout=2.0)
-                if r.status_code == 200 and r.json().get("status") == "UP":
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(1.0)
-        self.stop()
-        raise LabelStudioStartError(
-            f"label-studio did not answer {self.url}/health within {self.startup_timeout_s:.0f}s; "
-            f"log tail:\n{self._log_tail()}"
-        )
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout_s: float = 20.0) -> None:
+    def stop(self) -> None:
         """Stop the server and every process it started."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout_s)
+        stop_server(proc)
 
     def __enter__(self) -> LocalLabelStudio:
         return self.start()
