@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from pipeline.labelstudio.labeling_config import CATEGORY_NAME, PROMPT_NAME, RESPONSE_NAME
@@ -253,12 +254,23 @@ def normalize_task(
     return TaskOutcome("record", row)
 
 
+_COLUMNS: dict[OutcomeKind, tuple[str, ...]] = {
+    "record": PAIR_COLUMNS,
+    "quarantined": QUARANTINE_COLUMNS,
+    "unusable": UNUSABLE_COLUMNS,
+}
+
+
 @dataclass
 class OutcomeCollector:
-    """Collects task outcomes in arrival order and checks task ids across tasks (invalid, duplicated)."""
+    """Collects task outcomes in arrival order and checks task ids across tasks (invalid, duplicated).
 
-    rows: dict[OutcomeKind, list[dict[str, Any]]] = field(
-        default_factory=lambda: {"record": [], "quarantined": [], "unusable": []}
+    Outcomes are kept column by column (one list per column, no dict per row): a pull of N tasks holds
+    N pointers per column on top of the values themselves, which the result frames keep anyway.
+    """
+
+    columns: dict[OutcomeKind, dict[str, list[Any]]] = field(
+        default_factory=lambda: {kind: {c: [] for c in cols} for kind, cols in _COLUMNS.items()}
     )
     seen_ids: set[int] = field(default_factory=set)
     tasks_seen: int = 0
@@ -278,19 +290,31 @@ class OutcomeCollector:
     def add(self, outcome: TaskOutcome) -> None:
         """Count one task and keep its outcome."""
         self.tasks_seen += 1
-        self.rows[outcome.kind].append(outcome.row)
+        row = outcome.row
+        for name, values in self.columns[outcome.kind].items():
+            values.append(row.get(name))
 
     def result(self, *, sort_by_task_id: bool = False) -> NormalizedTasks:
         """The three frames, in arrival order or (for pulls that merge stored and fresh outcomes) by task id."""
+        cols = self.columns
         frames = (
-            records_frame(self.rows["record"]),
-            pd.DataFrame(self.rows["quarantined"], columns=list(QUARANTINE_COLUMNS)),
-            pd.DataFrame(self.rows["unusable"], columns=list(UNUSABLE_COLUMNS)),
+            records_frame(cols["record"]),
+            pd.DataFrame(cols["quarantined"], columns=list(QUARANTINE_COLUMNS)),
+            pd.DataFrame(cols["unusable"], columns=list(UNUSABLE_COLUMNS)),
         )
+        self.columns = {kind: {c: [] for c in names} for kind, names in _COLUMNS.items()}
         if sort_by_task_id:
-            frames = tuple(f.sort_values("task_id", kind="stable").reset_index(drop=True) for f in frames)
+            frames = tuple(_by_task_id(f) for f in frames)
         records, quarantined, unusable = frames
         return NormalizedTasks(records=records, quarantined=quarantined, unusable=unusable, tasks_seen=self.tasks_seen)
+
+
+def _by_task_id(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` in task-id order (stable); returned as is when already in order (a full pull), not copied."""
+    ids = frame["task_id"]
+    if ids.is_monotonic_increasing:
+        return frame
+    return frame.sort_values("task_id", kind="stable").reset_index(drop=True)
 
 
 def normalize_tasks(
@@ -304,16 +328,29 @@ def normalize_tasks(
     return collector.result()
 
 
-def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """A PairRecords DataFrame with the contract's column order and dtypes."""
-    df = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
-    df["task_id"] = df["task_id"].astype("int64")
-    df["annotation_id"] = df["annotation_id"].astype("Int64")
-    df["project_id"] = df["project_id"].astype("int64")
-    # ISO8601 per element: Label Studio omits the fraction when microseconds are 0, and offsets vary.
-    # Unparseable values become NaT and are quarantined by the schema's not_nullable check.
-    df["updated_at"] = pd.to_datetime(df["updated_at"], utc=True, errors="coerce", format="ISO8601")
-    df["ground_truth"] = df["ground_truth"].astype(bool)
+def records_frame(rows: list[dict[str, Any]] | dict[str, list[Any]]) -> pd.DataFrame:
+    """A PairRecords DataFrame with the contract's column order and dtypes, from rows or from columns.
+
+    Each column is built once in its final dtype: text columns as object arrays of the very str objects
+    given (pandas 3 would otherwise copy them into its string dtype, and converting back copies again).
+    """
+    cols = rows if isinstance(rows, dict) else {c: [r.get(c) for r in rows] for c in PAIR_COLUMNS}
+    data: dict[str, Any] = {
+        "task_id": np.asarray(cols["task_id"], dtype=np.int64),
+        "annotation_id": pd.array(cols["annotation_id"], dtype="Int64"),
+        "project_id": np.asarray(cols["project_id"], dtype=np.int64),
+        # ISO8601 per element: Label Studio omits the fraction when microseconds are 0, and offsets vary.
+        # Unparseable values become NaT and are quarantined by the schema's not_nullable check.
+        "updated_at": pd.to_datetime(_objects(cols["updated_at"]), utc=True, errors="coerce", format="ISO8601"),
+        "ground_truth": np.asarray(cols["ground_truth"], dtype=bool),
+    }
     for col in ("prompt", "response", "category", "annotator", "system", "context"):
-        df[col] = df[col].astype(object)
-    return df.reset_index(drop=True)
+        data[col] = pd.Series(_objects(cols[col]), dtype=object, copy=False)  # missing text stays None
+    return pd.DataFrame({c: data[c] for c in PAIR_COLUMNS}, copy=False)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array holding exactly these objects (never split into nested arrays)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
