@@ -16,15 +16,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch.utils.checkpoint import checkpoint
 
-# Head configs that change logits after the LM-head matmul (softcapping, scaling); models with any of them set
-# keep their own forward (`logits_to_keep`, no chunking) so that the loss stays the model's own.
-_HEAD_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "logits_scaling",
-    "output_multiplier",
-    "lm_head_multiplier",
-)
+from pipeline.scoring import plain_head
 
 
 def chunk_rows(vocab_size: int, max_elements: int) -> int:
@@ -34,8 +26,7 @@ def chunk_rows(vocab_size: int, max_elements: int) -> int:
 
 def plain_lm_head(model: PeftModel) -> bool:
     """Whether the model's logits are just `lm_head(last_hidden_state)`, so the head can be applied in chunks."""
-    config = model.get_base_model().config.get_text_config()
-    return all(getattr(config, name, None) is None for name in _HEAD_TRANSFORMS)
+    return plain_head(model.get_base_model())
 
 
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

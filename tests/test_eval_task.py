@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from peft import LoraConfig, get_peft_model
 from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM
@@ -12,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from pipeline.config import load_config
 from pipeline.formatting import build_examples, render
 from pipeline.modeling import load_tokenizer
-from pipeline.scoring import mean_token_loss, sequence_nll
+from pipeline.scoring import mean_token_loss, pad_batch, plain_head, sequence_nll, token_nll
 from pipeline.task_eval import evaluate_task, exact_match, greedy_generate, rouge_l
 from tests.conftest import make_records
 
@@ -71,3 +72,32 @@ def test_task_evaluation_scores_both_sides_of_one_model(tiny_model_dir: Path) ->
     m = result.metrics()
     assert m["task_rouge_l_base"] == pytest.approx(sum(r["base_rouge_l"] for r in rows) / 3)
     assert m["task_generated_examples"] == 3
+
+
+@pytest.mark.parametrize("with_adapter", [False, True])
+def test_sequence_nll_scores_only_labelled_positions_in_chunks(tiny_model_dir: Path, with_adapter: bool) -> None:
+    """Chunked scoring at labelled positions equals the sums over full (B, T, V) logits, per sequence."""
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    if with_adapter:
+        model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+        )
+    causal = model.get_base_model() if with_adapter else model
+    assert plain_head(causal) and causal.base_model is not causal  # the chunked path is the one under test
+    examples = build_examples(tok, make_records(9), 96)
+    seqs = [(e.input_ids, e.labels) for e in examples]
+    vocab = model.get_output_embeddings().weight.size(0)
+    # Three scored rows per chunk: every batch spans several chunks, and chunks span sequences.
+    chunked = sequence_nll(
+        model, seqs, pad_id=tok.pad_token_id, batch_size=4, device=model.device, chunk_elements=3 * vocab
+    )
+    expected = []
+    with torch.no_grad():
+        for ids, labels in seqs:
+            input_ids, mask, lab = pad_batch([(ids, labels)], tok.pad_token_id, model.device)
+            nll = token_nll(model(input_ids=input_ids, attention_mask=mask).logits, lab)
+            expected.append((float(nll.sum()), int((lab[:, 1:] != -100).sum())))
+    assert [n for _, n in chunked] == [n for _, n in expected] and all(n > 0 for _, n in chunked)
+    for (got, _), (want, _) in zip(chunked, expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-5)
