@@ -20,7 +20,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from label_studio_sdk import LabelStudio
 
+from pipeline.labelstudio.client import connect
 from pipeline.labelstudio.server import LocalLabelStudio, free_port
 from pipeline.sample_data import sample_records
 from pipeline.tiny_model import build_tiny_model
@@ -38,6 +40,20 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabe
     server = LocalLabelStudio(data_dir=tmp_path_factory.mktemp("labelstudio"))
     with server:
         yield server
+
+
+@pytest.fixture
+def ls_env(label_studio: LocalLabelStudio, monkeypatch: pytest.MonkeyPatch) -> LocalLabelStudio:
+    """The session's Label Studio, its URL and token set in the environment as the CLI and the flows read them."""
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    return label_studio
+
+
+@pytest.fixture
+def ls_client(ls_env: LocalLabelStudio) -> LabelStudio:
+    """A client of the session's Label Studio (its URL and token also in the environment, as `ls_env`)."""
+    return connect(ls_env.url, ls_env.token)
 
 
 @pytest.fixture(scope="session")

@@ -26,11 +26,9 @@ def _table(out: str) -> list[str]:
 
 @pytest.mark.slow
 def test_init_imports_prompts_with_drafts_once_and_pull_prints_the_table(
-    label_studio: LocalLabelStudio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ls_env: LocalLabelStudio, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """init creates the project and imports prompts (drafts as predictions) once; pull prints the reconciliation."""
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"labelstudio": {"project_title": "cli-test", "categories": CATS}}))
     prompts = tmp_path / "prompts.jsonl"
@@ -45,7 +43,7 @@ def test_init_imports_prompts_with_drafts_once_and_pull_prints_the_table(
     again = capsys.readouterr().out
     assert "imported 0 prompts" in again and "6 were already in the project" in again
 
-    client = connect(label_studio.url, label_studio.token)
+    client = connect(ls_env.url, ls_env.token)
     project = ensure_project(client, "cli-test", tuple(CATS))
     tasks = raw_get(client, "/api/tasks", {"project": project.id, "fields": "all", "page_size": 100})["tasks"]
     assert len(tasks) == 6

@@ -6,24 +6,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
 from pipeline.feedback import MARKER_KEY, FeedbackResult, marked_tasks, send_feedback
 from pipeline.ingest import prepare_dataset, pull_project
-from pipeline.labelstudio.client import connect, ensure_project, import_tasks, raw_get, submit_annotation
-from pipeline.labelstudio.server import LocalLabelStudio
+from pipeline.labelstudio.client import ensure_project, import_tasks, raw_get, submit_annotation
 
 pytestmark = pytest.mark.slow
 CATS = ("billing", "shipping")
 
 
-def test_feedback_marks_failing_tasks_once_and_clears_fixed_ones(
-    label_studio: LocalLabelStudio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_feedback_marks_failing_tasks_once_and_clears_fixed_ones(ls_client: LabelStudio, tmp_path: Path) -> None:
     """Two failing tasks get a marker and the "needs fix" view lists them; re-runs write nothing new."""
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
-    client = connect(label_studio.url, label_studio.token)
+    client = ls_client
     project = ensure_project(client, "feedback-test", CATS)
     ok, spaced, blank, fine = import_tasks(
         client, project.id, [{"prompt": "Refund?"}, {"prompt": "Parcel?"}, {"prompt": "Hours?"}, {"prompt": "Fee?"}]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
 from pipeline.ingest import Pull, prepare_dataset, pull_project
@@ -43,12 +44,10 @@ def _assert_same(a: Pull, b: Pull) -> None:
 
 @pytest.mark.slow
 def test_incremental_pull_equals_full_pull_after_edits_deletions_new_tasks_and_skips(
-    label_studio: LocalLabelStudio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ls_client: LabelStudio, tmp_path: Path
 ) -> None:
     """Edits, an annotation deleted, a task deleted, new tasks, new skips, a new ground truth: merged == full."""
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
-    client = connect(label_studio.url, label_studio.token)
+    client = ls_client
     project = ensure_project(client, "incremental-test", CATS)
     ids = import_tasks(client, project.id, [{"prompt": f"Question {i}?"} for i in range(30)])
     anns = {tid: submit_annotation(client, tid, f"Answer {i}.", CATS[i % 2]) for i, tid in enumerate(ids[:20])}

@@ -142,13 +142,11 @@ def _assert_same_pull(got: Pull, expected: Pull) -> None:
 
 @pytest.mark.slow
 def test_pull_through_20_percent_failures_and_stalls_is_identical(
-    label_studio: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ls_env: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """20% of requests fail (503/429/reset) and 10% stall past the timeout: the pull still matches a clean one."""
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
     clean = pull_project(Settings(), _cfg(project))
-    with FlakyProxy(label_studio.url, fail_rate=0.2, stall_rate=0.1, stall_s=2.5, seed=1) as proxy:
+    with FlakyProxy(ls_env.url, fail_rate=0.2, stall_rate=0.1, stall_s=2.5, seed=1) as proxy:
         monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
         flaky = pull_project(Settings(), _cfg(project, retries=10, timeout_s=2.0))
     assert proxy.failed >= 3 and proxy.stalled >= 1, (proxy.requests, proxy.failed, proxy.stalled)
@@ -158,15 +156,13 @@ def test_pull_through_20_percent_failures_and_stalls_is_identical(
 
 @pytest.mark.slow
 def test_pull_failing_part_way_leaves_previous_snapshot_intact(
-    label_studio: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ls_env: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Every request fails from some point on: a clear LabelStudioError, and no new or half-written file."""
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
     root = tmp_path / "snapshots"
     prepare_dataset(pull_project(Settings(), _cfg(project), snapshots_root=root), root)
     before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    with FlakyProxy(label_studio.url, fail_rate=0.0) as proxy:
+    with FlakyProxy(ls_env.url, fail_rate=0.0) as proxy:
         proxy.fail_after = 6  # connect and project lookup pass; the task fetch dies
         monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
         with pytest.raises(LabelStudioError, match=r"pulling Label Studio project \d+ from .* failed after 2 retries"):
@@ -213,13 +209,11 @@ def test_export_requests_stay_within_the_request_line_budget() -> None:
 
 
 def test_a_server_refusing_long_request_lines_gets_smaller_chunks(
-    label_studio: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch
+    ls_env: LocalLabelStudio, project: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A proxy answering 414 to request lines over 300 bytes: chunks are halved until they pass, same result."""
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
     clean = pull_project(Settings(), _cfg(project))
-    with FlakyProxy(label_studio.url, fail_rate=0.0, max_request_line=300) as proxy:
+    with FlakyProxy(ls_env.url, fail_rate=0.0, max_request_line=300) as proxy:
         monkeypatch.setenv("LABEL_STUDIO_URL", proxy.url)
         strict = pull_project(Settings(), _cfg(project, export_chunk_size=40, workers=1))
     assert proxy.too_long >= 1
