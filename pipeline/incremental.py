@@ -32,8 +32,10 @@ from label_studio_sdk import LabelStudio
 
 from pipeline.labelstudio.client import (
     ProjectState,
+    draft_exists_query,
     export_ids_per_request,
     export_tasks,
+    list_task_ids,
     list_task_stamps,
     newest_task_stamps,
     task_id_bounds,
@@ -82,6 +84,10 @@ class Watermark:
     overlap_s: float = 0.0
     # `updated_at` of the tasks inside the overlap window: those are re-listed but not re-fetched if unchanged.
     recent: dict[str, str] = field(default_factory=dict)
+    # Tasks without any annotation, by stored reason. Saving a draft does not move a task's `updated_at`,
+    # so the next pull compares these with the server's "has drafts" filter to catch a draft saved or removed.
+    no_annotation: list[int] = field(default_factory=list)
+    only_drafts: list[int] = field(default_factory=list)
     store_format: int = STORE_FORMAT
 
     def as_dict(self) -> dict[str, Any]:
@@ -176,6 +182,7 @@ class Changes:
     fetch: list[int]  # tasks created or updated since, to fetch and normalize again
     deleted: set[int]
     listed_all_ids: bool  # the task count did not add up, so every id was listed to find deletions
+    drafts_changed: int = 0  # tasks without annotations whose drafts appeared or went (`updated_at` unmoved)
 
 
 def list_changes(
@@ -203,8 +210,23 @@ def list_changes(
         deleted = previous - set(current)
         updated.update({i: ts for i, ts in current.items() if i not in previous})
     # Tasks in the overlap window whose stamp we already hold are not fetched again.
-    fetch = sorted(i for i, ts in updated.items() if mark.recent.get(str(i)) != ts)
-    return state, Changes(fetch=fetch, deleted=deleted, listed_all_ids=listed_all)
+    fetch = {i for i, ts in updated.items() if mark.recent.get(str(i)) != ts}
+    drafts = _draft_flips(client, project_id, mark) - deleted - fetch
+    return state, Changes(
+        fetch=sorted(fetch | drafts), deleted=deleted, listed_all_ids=listed_all, drafts_changed=len(drafts)
+    )
+
+
+def _draft_flips(client: LabelStudio, project_id: int, mark: Watermark) -> set[int]:
+    """Tasks without annotations whose drafts appeared (no_annotation -> only_drafts) or went (the reverse).
+
+    One ids-only request, made only when the last pull saw tasks without annotations (drafts matter only
+    there: they never reach training, but they name the reason a task is unusable).
+    """
+    if not mark.no_annotation and not mark.only_drafts:
+        return set()
+    with_drafts = list_task_ids(client, project_id, query=draft_exists_query())
+    return (set(mark.no_annotation) & with_drafts) | (set(mark.only_drafts) - with_drafts)
 
 
 def fetch_tasks(client: LabelStudio, project_id: int, ids: list[int], *, chunk_size: int) -> list[dict[str, Any]]:

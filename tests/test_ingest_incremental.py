@@ -98,6 +98,51 @@ def test_incremental_pull_equals_full_pull_after_edits_deletions_new_tasks_and_s
     _assert_same(again, full)
 
 
+def _reason(pull: Pull, task_id: int) -> str:
+    unusable = pull.normalized.unusable
+    return str(unusable.loc[unusable["task_id"] == task_id, "reason"].item())
+
+
+@pytest.mark.slow
+def test_incremental_pull_catches_drafts_saved_and_removed(ls_client: LabelStudio, tmp_path: Path) -> None:
+    """Saving a draft leaves `updated_at` alone; the pull still moves the task to only_drafts, and back."""
+    client = ls_client
+    project = ensure_project(client, "drafts-test", CATS)
+    ids = import_tasks(client, project.id, [{"prompt": f"Question {i}?"} for i in range(6)])
+    for i, tid in enumerate(ids[:3]):
+        submit_annotation(client, tid, f"Answer {i}.", CATS[i % 2])
+    cfg = LabelStudioConfig(project_title="drafts-test", categories=CATS)
+    root = tmp_path / "snapshots"
+    prepare_dataset(pull_project(Settings(), cfg, snapshots_root=root), root)
+    before = list_task_stamps(client, project.id)
+
+    wrapper = client._client_wrapper
+    http = wrapper.httpx_client.httpx_client
+    r = http.post(
+        f"{wrapper.get_base_url()}/api/tasks/{ids[4]}/drafts",
+        json={"result": annotation_result("Half-written.", "billing"), "lead_time": 2.0},
+        headers=wrapper.get_headers(),
+    )
+    assert r.status_code == 201, r.text
+    assert list_task_stamps(client, project.id) == before  # the gap this test is about: no stamp moved
+
+    drafted = pull_project(Settings(), cfg, snapshots_root=root)
+    assert drafted.source["mode"] == "incremental" and drafted.source["tasks_drafts_changed"] == 1
+    assert drafted.source["tasks_normalized"] == 1 and _reason(drafted, ids[4]) == "only_drafts"
+    _assert_same(drafted, pull_project(Settings(), cfg, snapshots_root=root, full=True))
+    prepare_dataset(drafted, root)
+
+    gone = http.delete(f"{wrapper.get_base_url()}/api/drafts/{r.json()['id']}/", headers=wrapper.get_headers())
+    assert gone.status_code == 204, gone.text
+    undrafted = pull_project(Settings(), cfg, snapshots_root=root)
+    assert undrafted.source["tasks_drafts_changed"] == 1 and _reason(undrafted, ids[4]) == "no_annotation"
+    _assert_same(undrafted, pull_project(Settings(), cfg, snapshots_root=root, full=True))
+    prepare_dataset(undrafted, root)
+    # Nothing changed since: the drafts check finds nothing to fetch.
+    quiet = pull_project(Settings(), cfg, snapshots_root=root)
+    assert quiet.source["tasks_changed"] == 0 and quiet.source["tasks_drafts_changed"] == 0
+
+
 @pytest.mark.slow
 def test_updated_at_filter_catches_annotation_edits_and_completed_at_does_not(label_studio: LocalLabelStudio) -> None:
     """Why the watermark filters on `updated_at`: editing an annotation moves it, but not `completed_at`."""

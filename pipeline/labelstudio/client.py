@@ -280,6 +280,17 @@ def list_task_stamps(
     }
 
 
+def draft_exists_query() -> str:
+    """The tasks API filter (Data Manager JSON) for tasks with at least one draft (its "Drafts" column)."""
+    item = {"filter": "filter:tasks:draft_exists", "operator": "equal", "type": "Boolean", "value": True}
+    return json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+
+
+def list_task_ids(client: LabelStudio, project_id: int, *, query: str, page_size: int = 5000) -> set[int]:
+    """Ids of the project's tasks that match a Data Manager `query`."""
+    return {int(t["id"]) for t in iter_task_fields(client, project_id, "id", page_size=page_size, query=query)}
+
+
 def task_id_bounds(client: LabelStudio, project_id: int) -> tuple[int, int, ProjectState]:
     """(lowest task id, highest task id, the project's state) in two tiny requests; (0, -1, ...) if empty."""
     ends: list[int] = []

@@ -73,6 +73,7 @@ def pull_tasks(
             yield stored_task(task, project_id=project_id, rule=cfg.annotation_rule)
 
     recent: dict[str, str] = {}
+    without_annotations: dict[str, list[int]] = {"no_annotation": [], "only_drafts": []}
     try:
         # The server's clock before anything is fetched is the next pull's watermark.
         changes = None
@@ -87,6 +88,8 @@ def pull_tasks(
             for item in tasks:
                 store.write(item)
                 collector.add(item.outcome)
+                if item.outcome.kind == "unusable" and item.outcome.row["reason"] in without_annotations:
+                    without_annotations[item.outcome.row["reason"]].append(item.id)
                 if floor is not None and item.stamp is not None and updated_after(item.stamp, floor):
                     recent[str(item.id)] = item.stamp
     except (httpx.HTTPError, ApiError) as e:
@@ -102,11 +105,13 @@ def pull_tasks(
         # Tasks fetched again because they changed (or were created) since the watermark, and deleted since.
         "tasks_changed": None if changes is None else normalized_here,
         "tasks_deleted": None if changes is None else len(changes.deleted),
+        # Of the changed tasks, those fetched only because their drafts appeared or went.
+        "tasks_drafts_changed": None if changes is None else changes.drafts_changed,
         "listed_all_ids": None if changes is None else changes.listed_all_ids,
         "tasks_normalized": normalized_here,
         "annotation_rule": cfg.annotation_rule,
         "pull_seconds": round(time.perf_counter() - started, 3),
-        "watermark": _watermark(store, state.server_time, recent, cfg),
+        "watermark": _watermark(store, state.server_time, recent, without_annotations, cfg),
     }
     return PulledTasks(normalized=collector.result(sort_by_task_id=True), source=source)
 
@@ -126,7 +131,11 @@ def _changed_and_kept(
 
 
 def _watermark(
-    store: StoreWriter, as_of: datetime | None, recent: dict[str, str], cfg: LabelStudioConfig
+    store: StoreWriter,
+    as_of: datetime | None,
+    recent: dict[str, str],
+    without_annotations: dict[str, list[int]],
+    cfg: LabelStudioConfig,
 ) -> dict[str, Any] | None:
     if as_of is None:
         return None  # the server sent no Date header: without its clock, the next pull is a full one
@@ -139,6 +148,8 @@ def _watermark(
         annotation_rule=cfg.annotation_rule,
         overlap_s=cfg.watermark_overlap_s,
         recent=recent,
+        no_annotation=without_annotations["no_annotation"],
+        only_drafts=without_annotations["only_drafts"],
     ).as_dict()
 
 
