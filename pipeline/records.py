@@ -302,7 +302,6 @@ class OutcomeCollector:
             pd.DataFrame(cols["quarantined"], columns=list(QUARANTINE_COLUMNS)),
             pd.DataFrame(cols["unusable"], columns=list(UNUSABLE_COLUMNS)),
         )
-        self.columns = {kind: {c: [] for c in names} for kind, names in _COLUMNS.items()}
         if sort_by_task_id:
             frames = tuple(_by_task_id(f) for f in frames)
         records, quarantined, unusable = frames
