@@ -39,12 +39,13 @@ def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, 
     """Pull the configured Label Studio project (incrementally from the last snapshot under `snapshots_root`)."""
     pull = pull_project(Settings(), config.labelstudio, snapshots_root=snapshots_root, full=full)
     get_run_logger().info(
-        "pulled %d tasks from Label Studio project %d (%s): %s pull, %s changed, %s deleted",
+        "pulled %d tasks from Label Studio project %d (%s): %s pull, %s changed (%s only in their drafts), %s deleted",
         pull.normalized.tasks_seen,
         pull.project.id,
         pull.project.title,
         pull.source.get("mode"),
         pull.source.get("tasks_changed"),
+        pull.source.get("tasks_drafts_changed"),
         pull.source.get("tasks_deleted"),
     )
     return pull

@@ -56,8 +56,10 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     print(f"{src.get('mode', 'file')} pull of {src.get('url') or src.get('path')} project {pull.project.id}")
     if src.get("mode") == "incremental":
         reused = pull.normalized.tasks_seen - src["tasks_normalized"]
+        drafts = f" ({src['tasks_drafts_changed']} only in their drafts)" if src.get("tasks_drafts_changed") else ""
         print(
-            f"{src['tasks_changed']} tasks changed, {src['tasks_deleted']} deleted, {reused} reused from the last pull"
+            f"{src['tasks_changed']} tasks changed{drafts}, {src['tasks_deleted']} deleted, "
+            f"{reused} reused from the last pull"
         )
     print(prepared.reconciliation.table())
     print(f"snapshot: {prepared.snapshot.path}")
