@@ -16,17 +16,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.scoring import plain_head
-
-
-def chunk_rows(vocab_size: int, max_elements: int) -> int:
-    """Rows per logits chunk so that one chunk's (rows, V) logits hold at most `max_elements` values."""
-    return max(1, max_elements // vocab_size)
-
-
-def plain_lm_head(model: PeftModel) -> bool:
-    """Whether the model's logits are just `lm_head(last_hidden_state)`, so the head can be applied in chunks."""
-    return plain_head(model.get_base_model())
+from pipeline.scoring import chunk_rows, plain_head
 
 
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -41,7 +31,7 @@ class ScoredTokenLoss(torch.nn.Module):
     def __init__(self, model: PeftModel, *, chunk_elements: int) -> None:
         super().__init__()
         self.model = model
-        self.chunked = plain_lm_head(model)
+        self.chunked = plain_head(model.get_base_model())
         self.rows = chunk_rows(model.get_base_model().config.get_text_config().vocab_size, chunk_elements)
 
     def forward(

@@ -91,6 +91,11 @@ def sequence_nll(
     return out
 
 
+def chunk_rows(vocab_size: int, max_elements: int) -> int:
+    """Rows per logits chunk so that one chunk's (rows, V) logits hold at most `max_elements` values."""
+    return max(1, max_elements // vocab_size)
+
+
 def plain_head(causal_lm: torch.nn.Module) -> bool:
     """Whether the model's logits are just `lm_head(last_hidden_state)` (no softcapping or scaling after it)."""
     config = causal_lm.config.get_text_config()
@@ -111,7 +116,7 @@ def _scored_nll_sums(
     hidden = hidden[:, :-1][scored]  # (N, C)
     targets = labels[:, 1:][scored]  # (N,)
     head = causal_lm.get_output_embeddings()
-    step = max(1, chunk_elements // head.weight.size(0))
+    step = chunk_rows(head.weight.size(0), chunk_elements)
     sums = torch.zeros(labels.size(0), dtype=torch.float32, device=labels.device)
     for begin in range(0, hidden.size(0), step):
         end = begin + step
