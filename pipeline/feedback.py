@@ -19,7 +19,7 @@ from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
 from pipeline.http_retry import RetryPolicy
-from pipeline.labelstudio.client import connect, iter_task_fields
+from pipeline.labelstudio.client import connect, iter_task_fields, task_filter
 from pipeline.records import NORMALIZE_HINTS
 from schemas.pairs import FIX_HINTS
 
@@ -80,9 +80,8 @@ def ensure_view(client: LabelStudio, project_id: int, title: str) -> int:
     for v in client.views.list(project=project_id):
         if isinstance(v.data, dict) and v.data.get("title") == title:
             return int(v.id)
-    item = {"filter": "filter:tasks:meta", "operator": "contains", "type": "String", "value": MARKER_KEY}
     view = client.views.create(
-        project=project_id, data={"title": title, "filters": {"conjunction": "and", "items": [item]}}
+        project=project_id, data={"title": title, "filters": task_filter("meta", "contains", "String", MARKER_KEY)}
     )
     return int(view.id)
 

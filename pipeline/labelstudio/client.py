@@ -280,10 +280,15 @@ def list_task_stamps(
     }
 
 
+def task_filter(column: str, operator: str, kind: str, value: Any) -> dict[str, Any]:
+    """A Data Manager filter on one task column (`filters` of a saved view, or of a tasks API `query`)."""
+    item = {"filter": f"filter:tasks:{column}", "operator": operator, "type": kind, "value": value}
+    return {"conjunction": "and", "items": [item]}
+
+
 def draft_exists_query() -> str:
     """The tasks API filter (Data Manager JSON) for tasks with at least one draft (its "Drafts" column)."""
-    item = {"filter": "filter:tasks:draft_exists", "operator": "equal", "type": "Boolean", "value": True}
-    return json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+    return json.dumps({"filters": task_filter("draft_exists", "equal", "Boolean", True)})
 
 
 def list_task_ids(client: LabelStudio, project_id: int, *, query: str, page_size: int = 5000) -> set[int]:
@@ -354,5 +359,4 @@ def updated_since_query(since_iso: str) -> str:
     since = datetime.fromisoformat(since_iso)
     since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
     value = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": value}
-    return json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+    return json.dumps({"filters": task_filter("updated_at", "greater", "Datetime", value)})
