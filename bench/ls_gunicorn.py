@@ -17,17 +17,17 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import ClassVar
 
 import httpx
 
 from pipeline.labelstudio.server import (
     LabelStudioStartError,
+    ServerProcess,
     find_label_studio_bin,
     free_port,
     server_env,
     spawn_server,
-    stop_server,
     wait_healthy,
 )
 
@@ -53,7 +53,7 @@ def gunicorn_version(exe: Path) -> str:
 
 
 @dataclass
-class GunicornLabelStudio:
+class GunicornLabelStudio(ServerProcess):
     """Label Studio under gunicorn on loopback, `workers` sync worker processes, over an existing data dir."""
 
     data_dir: Path
@@ -62,10 +62,7 @@ class GunicornLabelStudio:
     port: int = 0
     startup_timeout_s: float = 240.0
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    stop_timeout_s: ClassVar[float] = 30.0
 
     @property
     def log_path(self) -> Path:
@@ -117,16 +114,3 @@ class GunicornLabelStudio:
                 f"gunicorn Label Studio is up but refused the API token (HTTP {me.status_code}: {me.text[:200]!r})"
             )
         return self
-
-    def stop(self) -> None:
-        """Stop the gunicorn master and its workers (its own process group)."""
-        proc, self._proc = self._proc, None
-        stop_server(proc, timeout_s=30.0)
-
-    def __enter__(self) -> GunicornLabelStudio:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar, Self
 
 import httpx
 
@@ -116,8 +117,39 @@ def stop_server(proc: subprocess.Popen[bytes] | None, timeout_s: float = 20.0) -
         proc.wait(timeout=timeout_s)
 
 
+class ServerProcess:
+    """What every server started here shares: its loopback URL, stopping its process group, `with` support.
+
+    Subclasses set `port` and `_proc` and implement `start()`.
+    """
+
+    port: int
+    _proc: subprocess.Popen[bytes] | None
+    stop_timeout_s: ClassVar[float] = 20.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server and every process it started (its process group)."""
+        proc, self._proc = self._proc, None
+        stop_server(proc, timeout_s=self.stop_timeout_s)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class LocalLabelStudio:
+class LocalLabelStudio(ServerProcess):
     """A Label Studio server on loopback with a headless-bootstrapped admin user and API token.
 
     Use as a context manager; `start()` blocks until `/health` answers UP or raises
@@ -133,10 +165,6 @@ class LocalLabelStudio:
     startup_timeout_s: float = 240.0
     executable: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -172,16 +200,3 @@ class LocalLabelStudio:
         self._proc = spawn_server(cmd, env, self.log_path, self.data_dir)
         wait_healthy(self._proc, self.url, self.startup_timeout_s, self.log_path, "label-studio")
         return self
-
-    def stop(self) -> None:
-        """Stop the server and every process it started."""
-        proc, self._proc = self._proc, None
-        stop_server(proc)
-
-    def __enter__(self) -> LocalLabelStudio:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
