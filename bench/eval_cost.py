@@ -5,11 +5,11 @@ Run (builds the tiny model if DIR lacks one; a few minutes on 2 busy cores):
 Writes bench/results/eval_cost.json and bench/results/eval_cost.md. Not run in CI (no timed tests).
 
 In one process, per round, one after another on the same data:
-  train      train_adapter with pipeline/data/demo.yaml on the demo's 200 sample pairs (held-out split as the flow)
+  train      train_adapter with pipeline/demo/demo.yaml on the demo's 200 sample pairs (held-out split as the flow)
   harness    forgetting_check as the flow runs it: lm-eval with our "lora-pipeline" backend on the loaded
              PeftModel, built-in suite, base inside disable_adapter() then adapter, plus the paired bootstraps
   stock      the same check with lm-eval's stock `hf` backend (HFLM), the reference (eval.backend: hf)
-  peer       the in-house batched scorer (pipeline.evaluate.score_suite) on the same suite, base + adapter:
+  peer       the in-house batched scorer (pipeline.evaluate.forgetting.score_suite) on the same suite, base + adapter:
              the same work without lm-eval's request building and metrics
 The one-off import of lm-eval's evaluator and HF model modules is timed separately (paid once per process, not per adapter).
 Medians over rounds are reported, because 2-core machines shared with other work are noisy; the first round (the
@@ -42,19 +42,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-import pipeline.evaluate as evaluate_module
-import pipeline.harness as harness
+import pipeline.evaluate.forgetting as evaluate_module
+import pipeline.evaluate.harness as harness
 from pipeline.config import load_config
-from pipeline.demo import DEMO_CONFIG
-from pipeline.evaluate import forgetting_check, load_verified_adapter, score_suite
-from pipeline.formatting import build_examples
-from pipeline.general_suite import load_general_suite
-from pipeline.lm_eval_backend import PipelineLM
-from pipeline.modeling import load_tokenizer
-from pipeline.sample_data import sample_records
-from pipeline.split import split_train_eval
-from pipeline.tiny_model import build_tiny_model
-from pipeline.train import train_adapter
+from pipeline.demo.runner import DEMO_CONFIG
+from pipeline.evaluate.forgetting import forgetting_check, load_verified_adapter, score_suite
+from pipeline.chat_format import build_examples
+from pipeline.evaluate.general_suite import load_general_suite
+from pipeline.evaluate.lm_eval_backend import PipelineLM
+from pipeline.chat_format import load_tokenizer
+from pipeline.demo.sample_data import sample_records
+from pipeline.validate.split import split_train_eval
+from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.train.recipe import train_adapter
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -238,7 +238,7 @@ def main() -> None:
         "# Forgetting-check cost vs training (demo settings)",
         "",
         f"`{sys.executable.split('/')[-1]} bench/eval_cost.py --rounds {args.rounds} --threads {args.threads}` — "
-        f"tiny model, `pipeline/data/demo.yaml` (LoRA {lo.target_modules} r={lo.r}, LR {tr.learning_rate:g}, "
+        f"tiny model, `pipeline/demo/demo.yaml` (LoRA {lo.target_modules} r={lo.r}, LR {tr.learning_rate:g}, "
         f"{tr.epochs} epochs, eval batch {cfg.eval.batch_size}), {len(train_df)} training rows, built-in suite "
         f"({len(suite.mc_items)} multiple-choice items x 4 choices + {len(suite.texts)} texts), base + adapter. "
         f"Medians of {args.rounds} rounds, {args.threads} torch thread(s), {os.cpu_count()} CPUs shared with other "

@@ -18,7 +18,7 @@ Methods, all in this process against the server under test:
   (b') sync_export+normalize (b), then exactly the client work our pull does: canonical tasks in id order,
                             normalized to PairRecords (`stored_task`), the task store written (`StoreWriter`),
                             outcomes collected into the three frames, the watermark's recent-stamp scan
-  (c)  full_pull WxC        pipeline.labelstudio.pull.pull_tasks(full=True): id-range export chunks of at most C
+  (c)  full_pull WxC        pipeline.ingest.pull.pull_tasks(full=True): id-range export chunks of at most C
                             ids, W requests in flight, normalized, task store written
   (d)  incremental          pull_tasks() from the previous pull's watermark after 1% of tasks had an annotation
                             edited (a fresh 1% each round)
@@ -57,13 +57,13 @@ from ingest_report import markdown, summarize
 from ls_gunicorn import GunicornLabelStudio, ensure_gunicorn, gunicorn_version
 
 from pipeline.config import LabelStudioConfig
-from pipeline.incremental import canonical_task, overlap_floor, updated_after
+from pipeline.ingest.incremental import canonical_task, overlap_floor, updated_after
 from pipeline.labelstudio import client as ls_client
-from pipeline.labelstudio.client import annotation_result, connect, ensure_project
-from pipeline.labelstudio.pull import pull_tasks
-from pipeline.labelstudio.server import LocalLabelStudio, find_label_studio_bin
-from pipeline.labelstudio.task_store import STORE_DIR, StoreWriter, stored_task
-from pipeline.records import OutcomeCollector
+from pipeline.ingest.client import annotation_result, connect, ensure_project
+from pipeline.ingest.pull import pull_tasks
+from pipeline.ingest.server import LocalLabelStudio, find_label_studio_bin
+from pipeline.ingest.task_store import STORE_DIR, StoreWriter, stored_task
+from pipeline.ingest.records import OutcomeCollector
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CATS = ("billing", "shipping")

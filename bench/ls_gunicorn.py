@@ -6,7 +6,7 @@ a time. Label Studio's Docker image instead runs uwsgi with several processes (`
 same model (one process per request, app loaded in each worker) and are pure Python, so the benchmark installs
 gunicorn into Label Studio's own virtualenv on demand (`<venv>/bin/pip install gunicorn`, from PyPI).
 
-The data dir must have been started once with `LocalLabelStudio` (pipeline/labelstudio/server.py): that
+The data dir must have been started once with `LocalLabelStudio` (pipeline/ingest/server.py): that
 applies the migrations and creates the admin user and its API token; this server reuses both. The Django
 settings are those of `label-studio start` (`label_studio.core.settings.label_studio`, LOG_LEVEL=WARNING,
 the label_studio package dir on sys.path), so the only difference from the dev server is the WSGI server.
@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import httpx
 
-from pipeline.labelstudio.server import (
+from pipeline.ingest.server import (
     LabelStudioStartError,
     ServerProcess,
     find_label_studio_bin,

@@ -9,7 +9,7 @@ Every configuration builds its model offline with random weights (no hub) and it
 pairs, with lengths varied widely (responses repeated to a log-uniform target length, and a context document on
 half of the prompts). Each implementation gets the same model, pairs, LoRA config, effective batch, steps, LR
 schedule and seed. Peers:
-  ours              pipeline.train.train_adapter with the config's defaults (packing on)
+  ours              pipeline.train.recipe.train_adapter with the config's defaults (packing on)
   trl               SFTTrainer + PEFT as a user configures it: prompt-completion data, SFTConfig defaults apart
                     from the shared hyperparameters below
   trl-padding-free  the same with SFTConfig(padding_free=True) (TRL's own padding-free batches; TRL then needs
@@ -127,8 +127,8 @@ def prepare(work: Path, shape: Shape) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from pipeline.sample_data import sample_corpus, sample_records
-    from pipeline.tiny_model import build_tokenizer
+    from pipeline.demo.sample_data import sample_corpus, sample_records
+    from pipeline.demo.tiny_model import build_tokenizer
 
     tok = build_tokenizer(sample_corpus(), vocab_size=1024)
     cls, config_cls = (LlamaForCausalLM, LlamaConfig) if shape.arch == "llama" else (Qwen2ForCausalLM, Qwen2Config)
@@ -183,7 +183,8 @@ def worker_ours(work: Path, shape: Shape) -> dict[str, Any]:
     import pandas as pd
 
     from pipeline.config import load_config
-    from pipeline.train import load_adapter, train_adapter
+    from pipeline.train.recipe import train_adapter
+    from pipeline.train.modeling import load_adapter
 
     train_df = pd.read_parquet(work / "train.parquet")
     train = {"batch_size": shape.batch_size, "grad_accum_steps": shape.grad_accum_steps}
@@ -219,9 +220,9 @@ def worker_trl(work: Path, shape: Shape, *, padding_free: bool) -> dict[str, Any
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.formatting import _messages
-    from pipeline.modeling import load_tokenizer
-    from pipeline.train import model_flops_utilization
+    from pipeline.chat_format import _messages
+    from pipeline.chat_format import load_tokenizer
+    from pipeline.train.throughput import model_flops_utilization
 
     train_df = pd.read_parquet(work / "train.parquet")
     # TRL's conversational prompt-completion format: chat template applied, loss on the completion only.
@@ -296,9 +297,9 @@ def _held_out_loss(model: Any, work: Path, shape: Shape) -> float:
     """The same scoring for every peer: token-weighted NLL of the held-out responses."""
     import pandas as pd
 
-    from pipeline.formatting import build_examples
-    from pipeline.modeling import load_tokenizer
-    from pipeline.scoring import mean_token_loss, sequence_nll
+    from pipeline.chat_format import build_examples
+    from pipeline.chat_format import load_tokenizer
+    from pipeline.train.scoring import mean_token_loss, sequence_nll
 
     tok = load_tokenizer(str(work / "model"))
     eval_ex = build_examples(tok, pd.read_parquet(work / "eval.parquet"), shape.max_length)

@@ -11,16 +11,18 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task, exponential_backoff
 
-from pipeline import tracking
+from pipeline.track import tracking
 from pipeline.config import PipelineConfig, Settings
-from pipeline.drift import latest_snapshot
-from pipeline.ingest import PreparedDataset, Pull, prepare_dataset, pull_project
-from pipeline.labelstudio.client import LabelStudioError
-from pipeline.promotion import Assessment, assess_adapter, promote, write_artifacts
-from pipeline.report import validation_summary
-from pipeline.snapshot import load_snapshot
-from pipeline.split import split_train_eval
-from pipeline.train import TrainResult, train_adapter
+from pipeline.validate.drift import latest_snapshot
+from pipeline.validate.prepare import PreparedDataset, prepare_dataset
+from pipeline.ingest.pull import Pull, pull_project
+from pipeline.ingest.client import LabelStudioError
+from pipeline.track.promotion import Assessment, assess_adapter, promote, write_artifacts
+from pipeline.validate.report import validation_summary
+from pipeline.validate.snapshot import load_snapshot
+from pipeline.validate.split import split_train_eval
+from pipeline.train.recipe import train_adapter
+from pipeline.train.results import TrainResult
 
 
 def _retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -54,7 +56,7 @@ def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient)
 def send_annotator_feedback(config: PipelineConfig, pull: Pull, prepared: PreparedDataset) -> None:
     """Mark tasks that failed a check in Label Studio (task meta + the "needs fix" view); clear fixed ones."""
-    from pipeline.feedback import feedback_for_snapshot
+    from pipeline.validate.feedback import feedback_for_snapshot
 
     if not config.labelstudio.feedback:
         return

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.labelstudio.client import LabelStudioError
-from pipeline.labelstudio.server import LabelStudioStartError
-from pipeline.reconcile import ReconciliationError
+from pipeline.ingest.client import LabelStudioError
+from pipeline.ingest.server import LabelStudioStartError
+from pipeline.validate.reconcile import ReconciliationError
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.demo.tiny_model import build_tiny_model
 
     out = build_tiny_model(args.dir, pretrain_steps=args.pretrain_steps, seed=args.seed)
     print(f"tiny model and tokenizer saved to {out}")
@@ -36,10 +36,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.modeling import load_tokenizer
-    from pipeline.report import validation_summary
-    from pipeline.snapshot import load_snapshot
-    from pipeline.validate import chat_token_counter, validate_records
+    from pipeline.chat_format import load_tokenizer
+    from pipeline.validate.report import validation_summary
+    from pipeline.validate.snapshot import load_snapshot
+    from pipeline.validate.checks import chat_token_counter, validate_records
 
     snap = load_snapshot(args.snapshot)
     config = load_config(args.config, base_model=args.base_model)
@@ -85,7 +85,7 @@ def _verdict(passed: bool, version: str | None) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    from pipeline.demo.runner import run_demo
 
     out = run_demo(args.dir, port=args.port)
     print()
@@ -103,7 +103,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.train import StepLog, load_training_data, train_adapter
+    from pipeline.train.recipe import train_adapter
+    from pipeline.train.results import StepLog
+    from pipeline.train.data import load_training_data
 
     config = load_config(args.config, base_model=args.base_model)
     train_df, eval_df, dataset_hash = load_training_data(args.data, config, eval_path=args.eval_data)
@@ -123,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.export import export_merged
+    from pipeline.train.merge import export_merged
 
     out = export_merged(args.adapter, args.merged, base_model=args.base_model)
     print(f"merged model saved to {out}")

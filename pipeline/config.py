@@ -144,7 +144,7 @@ class EvalConfig(_Strict):
     tasks: tuple[str, ...] = ("general_suite_mc", "general_suite_ppl")
     num_fewshot: int = Field(default=0, ge=0)
     # lm-eval model backend: "lora-pipeline" batches requests and scores each shared context once
-    # (pipeline/lm_eval_backend.py); "hf" is lm-eval's stock HFLM, kept as the reference.
+    # (pipeline/evaluate/lm_eval_backend.py); "hf" is lm-eval's stock HFLM, kept as the reference.
     backend: Literal["lora-pipeline", "hf"] = "lora-pipeline"
     # Cap documents per task (None: all); standard tasks can have tens of thousands.
     limit: int | None = Field(default=None, ge=1)
@@ -183,7 +183,7 @@ class GateConfig(_Strict):
 
 Policy = Literal["error", "quarantine", "warn"]
 
-# What each validation rule does when it fails (rule names as in schemas/ and pipeline/dataset_checks.py):
+# What each validation rule does when it fails (rule names as in schemas/ and pipeline/validate/dataset_checks.py):
 # error stops the flow before training, quarantine drops the rows (kept with reasons), warn only reports.
 DEFAULT_POLICIES: dict[str, Policy] = {
     "not_empty": "quarantine",

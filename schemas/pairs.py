@@ -1,6 +1,6 @@
 """Row-level checks on PairRecords; each check is named after its rule so lazy reports read as a checklist.
 
-The rules themselves live in `pipeline/text_checks.py` (vectorized, shared with the benchmark's
+The rules themselves live in `pipeline/validate/text_checks.py` (vectorized, shared with the benchmark's
 plain-pandas peer); this module declares which column each rule guards. Checks that depend on the
 project (category choices, allowed tags, declared script, token limits) are added by `pair_schema`.
 """
@@ -13,7 +13,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from pipeline import text_checks as tc
+from pipeline.validate import text_checks as tc
 
 # How an annotator fixes a row that failed each check; the report prints these next to the failure.
 FIX_HINTS: dict[str, str] = {

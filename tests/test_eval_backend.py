@@ -18,10 +18,10 @@ from lm_eval.models.huggingface import HFLM
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from pipeline.harness import BACKEND_NAME, harness_forgetting_scores, load_tasks, task_manager
-from pipeline.lm_eval_backend import PipelineLM, _rows
-from pipeline.merged_adapter import merged_adapter
-from pipeline.modeling import load_tokenizer
+from pipeline.evaluate.harness import BACKEND_NAME, harness_forgetting_scores, load_tasks, task_manager
+from pipeline.evaluate.lm_eval_backend import PipelineLM, _rows
+from pipeline.evaluate.merged_adapter import merged_adapter
+from pipeline.chat_format import load_tokenizer
 
 TASKS = ("general_suite_mc", "general_suite_ppl")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.harness import _scores_from_samples, task_manager
+from pipeline.evaluate.harness import _scores_from_samples, task_manager
 
 TASKS = ("general_suite_mc", "general_suite_ppl")
 

@@ -13,20 +13,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from pipeline.config import load_config
-from pipeline.evaluate import (
-    AdapterNotAppliedError,
-    ForgettingReport,
-    check_manifest_matches,
-    evaluate_saved_adapter,
-    forgetting_check,
-    load_verified_adapter,
-    score_suite,
-)
-from pipeline.general_suite import load_general_suite
-from pipeline.harness import builtin_task_dir, builtin_task_names
-from pipeline.modeling import load_tokenizer
-from pipeline.tiny_model import build_tiny_model
-from pipeline.train import MANIFEST, train_adapter
+from pipeline.evaluate.forgetting import AdapterNotAppliedError, ForgettingReport, evaluate_saved_adapter, forgetting_check, load_verified_adapter, score_suite
+from pipeline.train.manifest import check_manifest_matches
+from pipeline.evaluate.general_suite import load_general_suite
+from pipeline.evaluate.harness import builtin_task_dir, builtin_task_names
+from pipeline.chat_format import load_tokenizer
+from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.train.recipe import train_adapter
+from pipeline.train.manifest import MANIFEST
 from tests.conftest import make_records
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM
 
 from flows.pipeline_flow import lora_pipeline_flow
 from pipeline.cli import main
-from pipeline.demo import seed_project
-from pipeline.labelstudio.client import LabelStudioError, connect
-from pipeline.labelstudio.server import LocalLabelStudio, free_port
+from pipeline.demo.runner import seed_project
+from pipeline.ingest.client import LabelStudioError, connect
+from pipeline.ingest.server import LocalLabelStudio, free_port
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "flow-test"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.general_suite import GeneralSuite, McItem, load_general_suite
+from pipeline.evaluate.general_suite import GeneralSuite, McItem, load_general_suite
 
 _DROP = object()  # marks a key to remove from a row
 DOMAINS = {"cooking", "weather", "arithmetic", "animals", "household", "geography", "time", "health"}
@@ -74,7 +74,7 @@ def test_builtin_items_well_formed(suite: GeneralSuite) -> None:
 def test_builtin_perplexity_ids_and_domains() -> None:
     import importlib.resources
 
-    raw = importlib.resources.files("pipeline.data.general_suite").joinpath("perplexity.jsonl").read_text()
+    raw = importlib.resources.files("pipeline.evaluate.general_suite").joinpath("perplexity.jsonl").read_text()
     rows = [json.loads(line) for line in raw.splitlines()]
     assert [r["id"] for r in rows] == [f"ppl-{i:03d}" for i in range(1, 61)]
     assert {r["domain"] for r in rows} == DOMAINS

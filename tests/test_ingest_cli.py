@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.labelstudio.bootstrap import read_prompts
-from pipeline.labelstudio.client import connect, ensure_project, raw_get, skip_task, submit_annotation
-from pipeline.labelstudio.server import LocalLabelStudio
+from pipeline.ingest.project_setup import read_prompts
+from pipeline.ingest.client import connect, ensure_project, raw_get, skip_task, submit_annotation
+from pipeline.ingest.server import LocalLabelStudio
 
 CATS = ["billing", "shipping"]
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from pipeline.config import LabelStudioConfig
-from pipeline.export_file import pull_export_file, read_export_file
-from pipeline.ingest import prepare_dataset
-from pipeline.labelstudio.client import annotation_result
-from pipeline.snapshot import load_snapshot
+from pipeline.ingest.export_file import pull_export_file, read_export_file
+from pipeline.validate.prepare import prepare_dataset
+from pipeline.ingest.client import annotation_result
+from pipeline.validate.snapshot import load_snapshot
 
 CATS = ("billing", "shipping")
 CFG = LabelStudioConfig(categories=CATS)
@@ -125,8 +125,8 @@ def test_fuzz_5000_malformed_tasks_through_the_export_file_path(tmp_path: Path) 
 
 def test_export_file_equals_the_same_tasks_from_memory(tmp_path: Path) -> None:
     """The file path uses the same canonical form and normalizer as API pulls."""
-    from pipeline.incremental import canonical_task
-    from pipeline.records import normalize_tasks
+    from pipeline.ingest.incremental import canonical_task
+    from pipeline.ingest.records import normalize_tasks
 
     tasks = [_good(i) for i in range(1, 30)]
     path = tmp_path / "e.json"

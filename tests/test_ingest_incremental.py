@@ -10,8 +10,9 @@ import pytest
 from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
-from pipeline.ingest import Pull, prepare_dataset, pull_project
-from pipeline.labelstudio.client import (
+from pipeline.validate.prepare import prepare_dataset
+from pipeline.ingest.pull import Pull, pull_project
+from pipeline.ingest.client import (
     annotation_result,
     connect,
     ensure_project,
@@ -21,7 +22,7 @@ from pipeline.labelstudio.client import (
     submit_annotation,
     updated_since_query,
 )
-from pipeline.labelstudio.server import LocalLabelStudio
+from pipeline.ingest.server import LocalLabelStudio
 
 CATS = ("billing", "shipping")
 

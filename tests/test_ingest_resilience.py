@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from pipeline.config import LabelStudioConfig, Settings
-from pipeline.http_retry import RetryPolicy, RetryTransport
-from pipeline.ingest import Pull, prepare_dataset, pull_project
-from pipeline.labelstudio.client import (
+from pipeline.ingest.http_retry import RetryPolicy, RetryTransport
+from pipeline.validate.prepare import prepare_dataset
+from pipeline.ingest.pull import Pull, pull_project
+from pipeline.ingest.client import (
     EXPORT_REQUEST_LINE_BYTES,
     LabelStudioError,
     connect,
@@ -26,7 +27,7 @@ from pipeline.labelstudio.client import (
     skip_task,
     submit_annotation,
 )
-from pipeline.labelstudio.server import LocalLabelStudio
+from pipeline.ingest.server import LocalLabelStudio
 
 CATS = ("billing", "shipping")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-encoding", "content-length"}

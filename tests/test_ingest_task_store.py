@@ -1,4 +1,4 @@
-"""The task store an incremental pull reuses (pipeline/labelstudio/task_store.py), without a server.
+"""The task store an incremental pull reuses (pipeline/ingest/task_store.py), without a server.
 
 Reusing stored outcomes must give exactly what normalizing every task again gives; the store must
 be atomic and content-addressed; pruning must never remove what a snapshot refers to.
@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline.incremental import Changes, Watermark, kept_tasks, previous_watermark
-from pipeline.labelstudio.task_store import (
+from pipeline.ingest.incremental import Changes, Watermark, kept_tasks, previous_watermark
+from pipeline.ingest.task_store import (
     STORE_DIR,
     StoredTask,
     StoreWriter,
@@ -25,7 +25,7 @@ from pipeline.labelstudio.task_store import (
     read_store,
     stored_task,
 )
-from pipeline.records import OutcomeCollector, normalize_tasks
+from pipeline.ingest.records import OutcomeCollector, normalize_tasks
 from tests.test_records import annotation, task
 
 URL = "http://127.0.0.1:8080"

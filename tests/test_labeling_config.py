@@ -1,4 +1,4 @@
-"""Tests for the Label Studio labeling config the pipeline builds and checks (pipeline/labelstudio/labeling_config.py)."""
+"""Tests for the Label Studio labeling config the pipeline builds and checks (pipeline/ingest/labeling_config.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from pipeline.labelstudio.labeling_config import (
+from pipeline.ingest.labeling_config import (
     CATEGORY_NAME,
     PROMPT_NAME,
     RESPONSE_NAME,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.labelstudio.client import (
+from pipeline.ingest.client import (
     LabelStudioError,
     connect,
     ensure_project,
@@ -16,8 +16,8 @@ from pipeline.labelstudio.client import (
     skip_task,
     submit_annotation,
 )
-from pipeline.labelstudio.server import LabelStudioStartError, LocalLabelStudio, free_port
-from pipeline.records import normalize_tasks
+from pipeline.ingest.server import LabelStudioStartError, LocalLabelStudio, free_port
+from pipeline.ingest.records import normalize_tasks
 
 pytestmark = pytest.mark.slow
 CATS = ("billing", "shipping")

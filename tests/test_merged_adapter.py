@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from pipeline.merged_adapter import merge_refusal, merged_adapter
+from pipeline.evaluate.merged_adapter import merge_refusal, merged_adapter
 
 IDS = torch.tensor([[1, 17, 230, 41, 99, 5, 801, 64], [1, 300, 2, 9, 77, 410, 12, 3]])  # (2, 8)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline.formatting import IGNORE_INDEX, build_examples
-from pipeline.modeling import load_tokenizer
-from pipeline.packing import collate_packed, make_batch, pack_rows
-from pipeline.scoring import token_nll
+from pipeline.chat_format import IGNORE_INDEX, build_examples
+from pipeline.chat_format import load_tokenizer
+from pipeline.train.packing import collate_packed, make_batch, pack_rows
+from pipeline.train.scoring import token_nll
 from tests.conftest import make_records
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Tests for normalizing Label Studio tasks into PairRecords (pipeline/records.py).
+"""Tests for normalizing Label Studio tasks into PairRecords (pipeline/ingest/records.py).
 
 Task dicts are shaped like Label Studio's API / JSON export (API_NOTES.md section 1).
 """
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.records import PAIR_COLUMNS, QUARANTINE_COLUMNS, UNUSABLE_COLUMNS, NormalizedTasks, normalize_tasks
-from pipeline.validate import validate_records
+from pipeline.ingest.records import PAIR_COLUMNS, QUARANTINE_COLUMNS, UNUSABLE_COLUMNS, NormalizedTasks, normalize_tasks
+from pipeline.validate.checks import validate_records
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
 _MISSING = object()  # a task whose data has no prompt key at all

@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 from peft import PeftModel
 
 from pipeline.config import PipelineConfig, load_config
-from pipeline.promotion import assess_adapter, promote
-from pipeline.registry import CANDIDATE, CHAMPION, MODEL_ARTIFACT, TAG_BASE_WEIGHTS, get_alias
-from pipeline.train import TrainResult, train_adapter
+from pipeline.track.promotion import assess_adapter, promote
+from pipeline.track.registry import CANDIDATE, CHAMPION, MODEL_ARTIFACT, TAG_BASE_WEIGHTS, get_alias
+from pipeline.train.recipe import train_adapter
+from pipeline.train.results import TrainResult
 from tests.conftest import make_records
 
 pytestmark = pytest.mark.slow

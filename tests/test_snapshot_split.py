@@ -1,4 +1,4 @@
-"""Tests for content-addressed snapshots (pipeline/snapshot.py) and the train/eval split (pipeline/split.py)."""
+"""Tests for content-addressed snapshots (pipeline/validate/snapshot.py) and the train/eval split (pipeline/validate/split.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline.records import records_frame
-from pipeline.snapshot import dataset_hash, load_snapshot, write_snapshot
-from pipeline.split import split_train_eval
-from pipeline.validate import validate_records
+from pipeline.ingest.records import records_frame
+from pipeline.validate.snapshot import dataset_hash, load_snapshot, write_snapshot
+from pipeline.validate.split import split_train_eval
+from pipeline.validate.checks import validate_records
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
 SEED = "3f2a9c0d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7"

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.modeling import load_tokenizer
-from pipeline.token_bounds import derive_bounds
-from pipeline.token_lengths import TokenLimits, chat_token_counter
+from pipeline.chat_format import load_tokenizer
+from pipeline.validate.token_bounds import derive_bounds
+from pipeline.validate.token_lengths import TokenLimits, chat_token_counter
 from tests.test_validation_token_lengths import TEXT, assert_same_verdicts, frame, reference
 
 LLAMA_31 = """{{- bos_token }}

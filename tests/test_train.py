@@ -12,9 +12,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from pipeline.config import PipelineConfig, load_config
-from pipeline.formatting import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, build_examples, encode_pair
-from pipeline.modeling import load_tokenizer
-from pipeline.train import MANIFEST, plan_steps, train_adapter
+from pipeline.chat_format import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, build_examples, encode_pair
+from pipeline.chat_format import load_tokenizer
+from pipeline.train.recipe import plan_steps, train_adapter
+from pipeline.train.manifest import MANIFEST
 from tests.conftest import make_records
 
 

@@ -13,9 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline.config import load_config
-from pipeline.labelstudio.server import free_port
-from pipeline.tiny_model import build_tiny_model
-from pipeline.train import train_adapter
+from pipeline.ingest.server import free_port
+from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

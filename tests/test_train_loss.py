@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import LoraConfig
-from pipeline.formatting import IGNORE_INDEX, build_examples
-from pipeline.lm_loss import ScoredTokenLoss
-from pipeline.modeling import attach_lora, load_base_model, load_tokenizer
-from pipeline.packing import make_batch
+from pipeline.chat_format import IGNORE_INDEX, build_examples
+from pipeline.train.loss import ScoredTokenLoss
+from pipeline.train.modeling import attach_lora, load_base_model
+from pipeline.chat_format import load_tokenizer
+from pipeline.train.packing import make_batch
 from tests.conftest import make_records
 
 CPU = torch.device("cpu")

@@ -15,9 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipeline.checkpoint import checkpoint_root, list_checkpoints
+from pipeline.train.checkpoint import checkpoint_root, list_checkpoints
 from pipeline.config import load_config
-from pipeline.train import train_adapter
+from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_adapter(tiny_model_
     driver = (
         "import os, signal, sys, pandas as pd\n"
         "from pipeline.config import load_config\n"
-        "from pipeline.train import train_adapter\n"
+        "from pipeline.train.recipe import train_adapter\n"
         "cfg, data, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])\n"
         "def hook(log):\n"
         "    print('step', log.step, flush=True)\n"

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from pipeline.config import LoraConfig, PipelineConfig, load_config
-from pipeline.formatting import build_examples
-from pipeline.modeling import load_tokenizer
-from pipeline.train import train_adapter
+from pipeline.chat_format import build_examples
+from pipeline.chat_format import load_tokenizer
+from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 
 

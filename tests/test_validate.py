@@ -1,4 +1,4 @@
-"""Tests for the row checks (schemas/pairs.py via pipeline/validate.py), reconciliation and the Markdown report."""
+"""Tests for the row checks (schemas/pairs.py via pipeline/validate/checks.py), reconciliation and the Markdown report."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline.reconcile import ReconciliationError, reconcile
-from pipeline.records import QUARANTINE_COLUMNS, UNUSABLE_COLUMNS, normalize_tasks, records_frame
-from pipeline.report import validation_markdown
-from pipeline.validate import ValidationResult, validate_records
+from pipeline.validate.reconcile import ReconciliationError, reconcile
+from pipeline.ingest.records import QUARANTINE_COLUMNS, UNUSABLE_COLUMNS, normalize_tasks, records_frame
+from pipeline.validate.report import validation_markdown
+from pipeline.validate.checks import ValidationResult, validate_records
 from schemas.pairs import FIX_HINTS
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")

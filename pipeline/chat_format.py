@@ -1,0 +1,111 @@
+"""The chat format: the base model's tokenizer and chat template, PairRecords rendered with them, and
+response-only labels.
+
+Shared by validate (token lengths as training counts them), train, evaluate and serving, so every stage
+turns a pair into the same tokens. Imports no torch: the tokenizer is loaded through transformers'
+`AutoTokenizer` on first use only (transformers' config module pulls torch in when it is installed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from transformers import PreTrainedTokenizerBase
+
+# For base models without a chat template. Documented in docs/decisions.md; the generation prompt
+# ends in a newline so the response starts on a token boundary for byte-level BPE tokenizers.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}### {{ m['role'] | capitalize }}:\n{{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+)
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized training example; labels are IGNORE_INDEX outside the response."""
+
+    task_id: int
+    input_ids: list[int]
+    labels: list[int]
+
+
+def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, with a pad token (EOS) when it has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _messages(row: Any) -> list[dict[str, str]]:
+    msgs = []
+    system = getattr(row, "system", None)
+    if isinstance(system, str) and system:
+        msgs.append({"role": "system", "content": system})
+    prompt = row.prompt
+    context = getattr(row, "context", None)
+    if isinstance(context, str) and context:
+        prompt = f"{context}\n\n{prompt}"
+    msgs.append({"role": "user", "content": prompt})
+    return msgs
+
+
+def chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The tokenizer's own chat template, or the documented fallback."""
+    return tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else FALLBACK_CHAT_TEMPLATE
+
+
+def render(tokenizer: PreTrainedTokenizerBase, row: Any) -> tuple[str, str]:
+    """(prompt text ending with the generation prompt, full text with the response)."""
+    template = chat_template(tokenizer)
+    msgs = _messages(row)
+    prompt_text = tokenizer.apply_chat_template(
+        msgs, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    full_text = tokenizer.apply_chat_template(
+        [*msgs, {"role": "assistant", "content": row.response}], chat_template=template, tokenize=False
+    )
+    if not full_text.startswith(prompt_text):
+        raise ValueError(
+            f"task {row.task_id}: the chat template does not render the prompt as a prefix of the conversation; "
+            "response-only labels need a template where it does"
+        )
+    return prompt_text, full_text
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, row: Any) -> Example:
+    """Tokenize one record; tokens that start inside the prompt text are masked out of the loss."""
+    prompt_text, full_text = render(tokenizer, row)
+    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    cut = len(prompt_text)
+    labels = [tok if start >= cut else IGNORE_INDEX for tok, (start, _) in zip(ids, enc["offset_mapping"], strict=True)]
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)  # the model must learn where the response ends
+        labels.append(eos)
+    return Example(task_id=int(row.task_id), input_ids=ids, labels=labels)
+
+
+def build_examples(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, max_length: int) -> list[Example]:
+    """Tokenize every record; rows that are too long or have no response token stop the run by task id."""
+    examples = [encode_pair(tokenizer, row) for row in records.itertuples(index=False)]
+    too_long = [e.task_id for e in examples if len(e.input_ids) > max_length]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} examples exceed data.max_length={max_length} tokens (task ids {too_long[:20]}); "
+            "shorten them in Label Studio or raise data.max_length — rows are never truncated silently"
+        )
+    no_loss = [e.task_id for e in examples if all(label == IGNORE_INDEX for label in e.labels)]
+    if no_loss:
+        raise ValueError(
+            f"{len(no_loss)} examples have no response token to learn from (task ids {no_loss[:20]}): the chat "
+            "template renders nothing after the prompt and the tokenizer has no EOS; fix the template or the rows "
+            "rather than train on nothing"
+        )
+    return examples

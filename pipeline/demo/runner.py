@@ -1,0 +1,167 @@
+"""`make demo`: a local Label Studio with annotated sample tasks, then the whole flow on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import load_config
+from pipeline.ingest.client import (
+    ProjectRef,
+    connect,
+    ensure_project,
+    import_tasks,
+    iter_tasks,
+    skip_task,
+    submit_annotation,
+)
+from pipeline.ingest.server import LocalLabelStudio
+from pipeline.track.registry import CANDIDATE, CHAMPION, get_alias
+from pipeline.demo.sample_data import sample_pairs
+from pipeline.demo.tiny_model import build_tiny_model
+
+DEMO_CONFIG = Path(__file__).parent / "data" / "demo.yaml"
+
+# Annotation mistakes the demo makes on purpose so that the validation report has something to show.
+_FLAWED = {
+    7: lambda r: r + "  ",  # trailing whitespace
+    23: lambda r: " " + r,  # leading whitespace
+    41: lambda r: "   ",  # whitespace only
+}
+_SKIPPED = (11, 57, 93)  # annotator pressed Skip
+_UNANNOTATED = (5, 150)  # nobody got to these yet
+_RELABELED = (3, 64)  # annotated twice: the later annotation wins
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """What seeding did to the demo project."""
+
+    project: ProjectRef
+    imported: int
+    annotated: int
+
+
+def seed_project(client: LabelStudio, title: str, categories: tuple[str, ...], n: int = 200) -> SeedSummary:
+    """Create the demo project, import the sample prompts and annotate them as an annotator would (once)."""
+    project = ensure_project(client, title, categories)
+    if any(True for _ in iter_tasks(client, project.id, page_size=1)):
+        return SeedSummary(project=project, imported=0, annotated=0)
+    pairs = sample_pairs(n)
+    task_ids = import_tasks(client, project.id, [{"prompt": p["prompt"]} for p in pairs])
+    annotated = 0
+    for i, (task_id, pair) in enumerate(zip(task_ids, pairs, strict=True)):
+        if i in _UNANNOTATED:
+            continue
+        if i in _SKIPPED:
+            skip_task(client, task_id)
+            continue
+        response = _FLAWED.get(i, lambda r: r)(pair["response"])
+        if i in _RELABELED:
+            submit_annotation(client, task_id, "An early draft answer.", pair["category"])
+        submit_annotation(client, task_id, response, pair["category"])
+        annotated += 1
+    return SeedSummary(project=project, imported=len(task_ids), annotated=annotated)
+
+
+def _credentials(path: Path) -> dict[str, str]:
+    """Demo Label Studio login, kept across runs (mode 0600) so the UI login stays the same."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    creds = {"username": "demo@example.com", "password": secrets.token_urlsafe(12), "token": secrets.token_hex(20)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(creds))
+    return creds
+
+
+def promotion_summary(
+    tracking_uri: str, model_name: str, metrics: dict[str, float], registered_version: str | None
+) -> str:
+    """What the gate decided and where the registry's adapters are now (model name, version, alias)."""
+    failed = sorted(
+        k[len("gate_") : -len("_passed")]
+        for k, v in metrics.items()
+        if k.startswith("gate_") and k.endswith("_passed") and k != "gate_passed" and v == 0.0
+    )
+    lines = []
+    if registered_version is not None:
+        version = MlflowClient(tracking_uri).get_model_version(model_name, registered_version)
+        aliases = ", ".join(f"`{a}`" for a in version.aliases) or "none"
+        lines.append(f"promotion gate: PASS; registered {model_name} version {version.version}, alias {aliases}")
+        lines += [f"  load it with:  models:/{model_name}@{a}" for a in version.aliases]
+    else:
+        lines.append(f"promotion gate: FAIL ({', '.join(failed)}); this run registered nothing (rules: gate_report.md)")
+        if "beats_champion" in failed:
+            lines.append(
+                f"  this run's held-out loss {metrics['task_loss_adapter']:.4f} does not beat the champion's "
+                f"{metrics['champion_task_loss']:.4f} on the same split (a re-run on unchanged data trains the "
+                "same adapter, and a tie is not an improvement)"
+            )
+    holders = {alias: get_alias(tracking_uri, model_name, alias) for alias in (CHAMPION, CANDIDATE)}
+    for alias, holder in holders.items():
+        if holder is not None and str(holder.version) != str(registered_version):
+            lines.append(f"registry: {model_name}@{alias} is version {holder.version} (run {holder.run_id}), unchanged")
+    if registered_version is None and not any(holders.values()):
+        lines.append(f"registry: no version of {model_name} carries the `{CHAMPION}` or `{CANDIDATE}` alias")
+    return "\n".join(lines)
+
+
+def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
+    """Run the whole pipeline offline under `demo_dir`; returns what the CLI prints."""
+    root = Path(demo_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    # Keep Prefect's embedded API database with the rest of the demo, unless the user chose a home.
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    from flows.pipeline_flow import lora_pipeline_flow
+
+    model_dir = root / "tiny-model"
+    if not (model_dir / "config.json").is_file():
+        print(f"building the tiny base model offline in {model_dir} ...")
+        build_tiny_model(model_dir)
+    config = load_config(DEMO_CONFIG, base_model=str(model_dir))
+    creds = _credentials(root / "labelstudio" / "credentials.json")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    print("starting Label Studio (the first start runs migrations, about a minute) ...")
+    with LocalLabelStudio(
+        data_dir=root / "labelstudio",
+        port=port,
+        username=creds["username"],
+        password=creds["password"],
+        token=creds["token"],
+    ) as server:
+        os.environ["LABEL_STUDIO_URL"] = server.url
+        os.environ["LABEL_STUDIO_API_KEY"] = server.token
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        client = connect(server.url, server.token)
+        seeded = seed_project(client, config.labelstudio.project_title, config.labelstudio.categories)
+        print(
+            f"Label Studio project {seeded.project.id}: imported {seeded.imported} tasks, "
+            f"submitted {seeded.annotated} annotations"
+        )
+        outcome = lora_pipeline_flow(
+            config_path=str(DEMO_CONFIG), work_dir=str(root / "work"), base_model=str(model_dir)
+        )
+    return {
+        "run_id": outcome.run_id,
+        "metrics": outcome.metrics,
+        "adapter_dir": outcome.adapter_dir,
+        "snapshot_dir": outcome.snapshot_dir,
+        "reconciliation": outcome.reconciliation_table,
+        "gate_passed": outcome.gate_passed,
+        "registered_version": outcome.registered_version,
+        "promotion": promotion_summary(
+            tracking_uri, config.gate.registered_model, outcome.metrics, outcome.registered_version
+        ),
+        "tracking_uri": tracking_uri,
+        "mlflow_ui": f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri}",
+        "labelstudio_credentials": str(root / "labelstudio" / "credentials.json"),
+    }

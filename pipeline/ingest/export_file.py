@@ -1,0 +1,55 @@
+"""Label Studio JSON export files (the UI's Export button, JSON format) as a pull source.
+
+The file goes through the same canonical form, normalization and reconciliation as an API pull.
+Bytes that are not valid UTF-8 are kept as lone surrogates (surrogateescape) so that the task
+holding them is quarantined with `valid_unicode` instead of the whole file being refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import LabelStudioConfig
+from pipeline.ingest.client import ProjectRef
+from pipeline.ingest.incremental import canonical_task
+from pipeline.ingest.pull import Pull
+from pipeline.ingest.records import normalize_tasks
+
+
+def read_export_file(path: str | Path) -> list[Any]:
+    """The task list of a JSON export; a `ValueError` names the file and the fix when it is not one."""
+    p = Path(path)
+    text = p.read_bytes().decode("utf-8", errors="surrogateescape")
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{p} is not JSON ({e.msg} at line {e.lineno}); export the project with Export > JSON"
+        ) from None
+    if not isinstance(tasks, list):
+        raise ValueError(
+            f"{p} holds a JSON {type(tasks).__name__}, not a list of tasks; export with Export > JSON "
+            "(JSON_MIN, CSV and COCO are not accepted)"
+        )
+    return tasks
+
+
+def pull_export_file(path: str | Path, cfg: LabelStudioConfig) -> Pull:
+    """A `Pull` from an export file; the categories come from the config (the file has no labeling config)."""
+    p = Path(path)
+    tasks = read_export_file(p)
+    projects = Counter(t.get("project") for t in tasks if isinstance(t, dict) and isinstance(t.get("project"), int))
+    project_id = projects.most_common(1)[0][0] if projects else 0
+    canonical = (canonical_task(t) if isinstance(t, dict) else t for t in tasks)
+    normalized = normalize_tasks(canonical, project_id=project_id, rule=cfg.annotation_rule)
+    project = ProjectRef(id=project_id, title=p.name, categories=tuple(cfg.categories))
+    source = {
+        "kind": "label-studio-export-file",
+        "path": str(p.resolve()),
+        "project_id": project_id,
+        "annotation_rule": cfg.annotation_rule,
+    }
+    return Pull(project=project, source=source, normalized=normalized)

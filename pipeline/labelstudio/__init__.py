@@ -1,1 +1,0 @@
-"""Label Studio: local server, labeling config and client calls."""

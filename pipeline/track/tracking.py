@@ -1,0 +1,144 @@
+"""MLflow logging for one pipeline run: params, step metrics, eval metrics, artifacts, lineage.
+
+Everything goes through an explicit run id (no global active run), so the Prefect tasks of one
+flow can log to the same run. Settings (and so the Label Studio token) are never logged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Experiment, Metric
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import PipelineConfig
+from pipeline.validate.snapshot import Snapshot
+from pipeline.train.results import StepLog
+
+
+def run_params(config: PipelineConfig, dataset_hash: str) -> dict[str, str]:
+    """The params reviewers compare runs by, plus the whole config under `cfg.`."""
+    lc, t = config.lora, config.train
+    targets = lc.peft_target_modules()
+    params: dict[str, Any] = {
+        "lora_r": lc.r,
+        "lora_alpha": lc.alpha,
+        "lora_dropout": lc.dropout,
+        "target_modules": targets if isinstance(targets, str) else ",".join(targets),
+        "learning_rate": t.learning_rate,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "grad_accum_steps": t.grad_accum_steps,
+        "seed": t.seed,
+        "base_model": config.base_model,
+        "dataset_hash": dataset_hash,
+    }
+    params.update({f"cfg.{k}": v for k, v in config.to_flat_dict().items()})
+    return {k: str(v) for k, v in params.items()}
+
+
+def ensure_experiment(client: MlflowClient, tracking_uri: str, name: str) -> Experiment:
+    """The experiment, created if missing; with a local sqlite store, artifacts go next to the database
+    (MLflow's default would be ./mlruns in whatever directory the process runs in)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        location = (db.parent / "mlartifacts").as_uri()
+    return client.get_experiment(client.create_experiment(name, artifact_location=location))
+
+
+def start_run(
+    tracking_uri: str,
+    config: PipelineConfig,
+    snapshot: Snapshot,
+    *,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Create the run with params, tags and the snapshot as its training dataset input; returns the run id."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = ensure_experiment(client, tracking_uri, config.mlflow.experiment)
+    source = snapshot.meta.get("source", {})
+    all_tags = {
+        "dataset_hash": snapshot.hash,
+        "snapshot_path": str(snapshot.path),
+        "label_studio_project": str(source.get("project_id", "")),
+        **(tags or {}),
+    }
+    run = client.create_run(
+        experiment.experiment_id, tags=all_tags, run_name=f"lora-r{config.lora.r}-{snapshot.hash[:8]}"
+    )
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in run_params(config, snapshot.hash).items()])
+    with mlflow.start_run(run_id=run_id):
+        dataset = mlflow.data.from_pandas(
+            snapshot.records,
+            source=str(snapshot.parquet_path),
+            name=f"snapshot-{snapshot.hash[:12]}",
+            digest=snapshot.hash[:36],
+        )
+        mlflow.log_input(dataset, context="training")
+    return run_id
+
+
+class StepLogger:
+    """Logs a training step's metrics to a run; pass an instance as `train_adapter(on_step=...)`."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def __call__(self, log: StepLog) -> None:
+        now = int(time.time() * 1000)
+        values = {
+            "train_loss": log.loss,
+            "learning_rate": log.learning_rate,
+            "grad_norm": log.grad_norm,
+            "tokens_per_s": log.tokens_per_s,
+            "padding_fraction": log.padding_fraction,
+            "eval_loss_step": log.eval_loss,  # NaN (skipped) on steps that did not evaluate
+        }
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, log.step) for k, v in values.items() if math.isfinite(v)]
+        )
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    """Log final metrics (non-finite values are skipped: MLflow stores them poorly)."""
+    now = int(time.time() * 1000)
+    MlflowClient(tracking_uri).log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(float(v))]
+    )
+
+
+def log_artifacts(tracking_uri: str, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
+    """Upload a directory's files under `artifact_path`."""
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_artifact(tracking_uri: str, run_id: str, local_file: str | Path, artifact_path: str | None = None) -> None:
+    """Upload one file."""
+    MlflowClient(tracking_uri).log_artifact(run_id, str(local_file), artifact_path)
+
+
+def log_table(tracking_uri: str, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """A table artifact (JSON) that the MLflow UI renders in its artifact view and evaluation tab."""
+    columns = list(rows[0]) if rows else []
+    MlflowClient(tracking_uri).log_table(run_id, {c: [r[c] for r in rows] for c in columns}, artifact_file)
+
+
+def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    """A text artifact (Markdown reports render in the UI's artifact view)."""
+    MlflowClient(tracking_uri).log_text(run_id, text, artifact_file)
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the run FINISHED or FAILED."""
+    MlflowClient(tracking_uri).set_terminated(run_id, status)

@@ -1,0 +1,50 @@
+"""What training reports: one `StepLog` per optimizer step and the `TrainResult` of a run.
+
+Plain data, no torch: tracking, plots and flows read these without importing the recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """What one optimizer step reports."""
+
+    step: int
+    epoch: int
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_s: float  # non-pad input tokens (all ranks) per second of this step
+    padding_fraction: float = 0.0  # share of the step's (B, T) slots that were padding
+    eval_loss: float = float("nan")  # held-out loss when this step evaluated (epoch end / eval_every_steps)
+
+
+@dataclass
+class TrainResult:
+    """Where the adapter went and how training went."""
+
+    adapter_dir: Path
+    steps: int
+    history: list[StepLog]
+    eval_loss: float
+    wall_time_s: float
+    trainable_params: int
+    total_params: int
+    manifest: dict[str, Any] = field(default_factory=dict)
+    peak_memory_bytes: int = 0  # CUDA: max allocated; CPU: the process's peak RSS
+    adapter_bytes: int = 0  # adapter_model.safetensors on disk
+    tokens_per_s: float = 0.0  # non-pad tokens over the run's training time
+    mfu: float | None = None  # CUDA only: 4·N·tokens / time / peak bf16 FLOP/s (see docs/decisions.md)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1].loss
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_params / self.total_params

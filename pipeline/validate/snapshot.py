@@ -1,0 +1,180 @@
+"""Content-addressed dataset snapshots: parquet rows + JSON metadata, written atomically, with the frozen split.
+
+The train/eval split is decided once, when the snapshot is written (`is_eval` column, seeded by the
+rows' content hash; pipeline/validate/split.py), and covered by the snapshot's hash: training and
+evaluation read it from the snapshot and never split again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.validate.split import DEFAULT_NEAR_DUPLICATE_THRESHOLD, split_train_eval
+
+# The columns that define what the model learns from; the hash covers exactly these.
+HASHED_COLUMNS: tuple[str, ...] = (
+    "task_id",
+    "annotation_id",
+    "prompt",
+    "response",
+    "category",
+    "system",
+    "context",
+)
+# True for the rows held out for evaluation; part of the snapshot and of its hash.
+SPLIT_COLUMN = "is_eval"
+DEFAULT_EVAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A written snapshot: its directory, content hash, rows and metadata."""
+
+    path: Path
+    hash: str
+    records: pd.DataFrame
+    meta: dict[str, Any]
+
+    @property
+    def parquet_path(self) -> Path:
+        return self.path / "snapshot.parquet"
+
+    @property
+    def pairs(self) -> pd.DataFrame:
+        """The accepted PairRecords, without the split column."""
+        return self.records.drop(columns=SPLIT_COLUMN, errors="ignore")
+
+    def split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(train, eval) rows of the frozen split, each in task-id order."""
+        if SPLIT_COLUMN not in self.records:
+            raise ValueError(
+                f"snapshot {self.path} was written before splits were frozen into snapshots; "
+                "pull again to write a snapshot that carries its train/eval split"
+            )
+        is_eval = self.records[SPLIT_COLUMN].to_numpy(dtype=bool)
+        if not is_eval.any():
+            raise ValueError(
+                f"snapshot {self.path} holds out no rows for evaluation (it has {len(self.records)} rows; "
+                "at least 2 are needed to split into train and eval)"
+            )
+        ordered = self.pairs.assign(_eval=is_eval).sort_values("task_id", kind="stable")
+        train = ordered[~ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
+        eval_ = ordered[ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
+        return train, eval_
+
+
+def content_hash(records: pd.DataFrame) -> str:
+    """sha256 over the hashed columns, row order independent (rows sorted by task id)."""
+    rows = records.sort_values("task_id")[list(HASHED_COLUMNS)]
+    h = hashlib.sha256()
+    for row in rows.itertuples(index=False):
+        values = [None if pd.isna(v) else (int(v) if isinstance(v, int | float) else str(v)) for v in row]
+        h.update(json.dumps(values, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def dataset_hash(records: pd.DataFrame) -> str:
+    """The snapshot's identity: the rows' content hash and, where the split column is present, which rows
+    are held out (so a changed split is a changed snapshot)."""
+    digest = content_hash(records)
+    if SPLIT_COLUMN not in records:
+        return digest
+    eval_ids = np.sort(records.loc[records[SPLIT_COLUMN].to_numpy(dtype=bool), "task_id"].to_numpy(dtype=np.int64))
+    h = hashlib.sha256(digest.encode())
+    h.update(b"\nheld out:")
+    h.update(eval_ids.tobytes())
+    return h.hexdigest()
+
+
+def frozen_split(records: pd.DataFrame, eval_fraction: float, near_duplicate_threshold: float) -> np.ndarray:
+    """The `is_eval` flags of the split every stage reads: grouped by near-duplicate prompts, stratified by
+    category, seeded by the rows' content hash; nothing is held out from fewer than 2 rows."""
+    if len(records) < 2:
+        return np.zeros(len(records), dtype=bool)
+    _, eval_ = split_train_eval(
+        records, eval_fraction, content_hash(records), near_duplicate_threshold=near_duplicate_threshold
+    )
+    return records["task_id"].isin(eval_["task_id"]).to_numpy()
+
+
+def write_snapshot(
+    records: pd.DataFrame,
+    quarantined: pd.DataFrame,
+    out_root: str | Path,
+    *,
+    meta: dict[str, Any],
+    report_markdown: str = "",
+    eval_fraction: float = DEFAULT_EVAL_FRACTION,
+    near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+) -> Snapshot:
+    """Write `out_root/<UTC time>-<hash12>/` with snapshot.parquet, quarantine.parquet, snapshot.json and the report.
+
+    The train/eval split is computed here, once (`frozen_split`), and stored as the `is_eval` column.
+    Every pull gets its own directory (its quarantine and counts are its own even when the
+    accepted rows hash the same); a temp dir is renamed into place, so a failure leaves no
+    half-written snapshot.
+    """
+    records = records.drop(columns=SPLIT_COLUMN, errors="ignore").reset_index(drop=True)
+    records[SPLIT_COLUMN] = frozen_split(records, eval_fraction, near_duplicate_threshold)
+    digest = dataset_hash(records)
+    root = Path(out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    final = root / f"{now:%Y%m%dT%H%M%S%fZ}-{digest[:12]}"
+    full_meta = {
+        "hash": digest,
+        "created_at": now.isoformat(),
+        "rows": len(records),
+        "annotation_ids": {
+            str(int(t)): (None if pd.isna(a) else int(a))
+            for t, a in zip(records["task_id"], records["annotation_id"], strict=True)
+        },
+        "split": {
+            "eval_fraction": eval_fraction,
+            "near_duplicate_threshold": near_duplicate_threshold,
+            "train_rows": int((~records[SPLIT_COLUMN]).sum()),
+            "eval_rows": int(records[SPLIT_COLUMN].sum()),
+        },
+        **meta,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-snapshot-", dir=root))
+    try:
+        records.to_parquet(tmp / "snapshot.parquet", index=False)
+        quarantined.astype({"task_id": "Int64", "annotation_id": "Int64"}).to_parquet(
+            tmp / "quarantine.parquet", index=False
+        )
+        (tmp / "snapshot.json").write_text(json.dumps(full_meta, indent=2, default=str))
+        (tmp / "validation_report.md").write_text(report_markdown)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Snapshot(path=final, hash=digest, records=records, meta=full_meta)
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """Read a snapshot directory back, checking its content hash."""
+    p = Path(path)
+    meta_file = p / "snapshot.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{p} is not a snapshot directory (no snapshot.json)")
+    meta = json.loads(meta_file.read_text())
+    records = pd.read_parquet(p / "snapshot.parquet")
+    digest = dataset_hash(records)
+    if digest != meta.get("hash"):
+        raise ValueError(
+            f"snapshot {p} is corrupted: content hash {digest[:12]} != recorded {str(meta.get('hash'))[:12]}"
+        )
+    return Snapshot(path=p, hash=digest, records=records, meta=meta)
