@@ -44,17 +44,16 @@ import torch
 
 import pipeline.evaluate.forgetting as evaluate_module
 import pipeline.evaluate.harness as harness
+from pipeline.chat_format import build_examples, load_tokenizer
 from pipeline.config import load_config
 from pipeline.demo.runner import DEMO_CONFIG
+from pipeline.demo.sample_data import sample_records
+from pipeline.demo.tiny_model import build_tiny_model
 from pipeline.evaluate.forgetting import forgetting_check, load_verified_adapter, score_suite
-from pipeline.chat_format import build_examples
 from pipeline.evaluate.general_suite import load_general_suite
 from pipeline.evaluate.lm_eval_backend import PipelineLM
-from pipeline.chat_format import load_tokenizer
-from pipeline.demo.sample_data import sample_records
-from pipeline.validate.split import split_train_eval
-from pipeline.demo.tiny_model import build_tiny_model
 from pipeline.train.recipe import train_adapter
+from pipeline.validate.split import split_train_eval
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -57,13 +57,13 @@ from ingest_report import markdown, summarize
 from ls_gunicorn import GunicornLabelStudio, ensure_gunicorn, gunicorn_version
 
 from pipeline.config import LabelStudioConfig
-from pipeline.ingest.incremental import canonical_task, overlap_floor, updated_after
-from pipeline.labelstudio import client as ls_client
+from pipeline.ingest import client as ls_client
 from pipeline.ingest.client import annotation_result, connect, ensure_project
+from pipeline.ingest.incremental import canonical_task, overlap_floor, updated_after
 from pipeline.ingest.pull import pull_tasks
+from pipeline.ingest.records import OutcomeCollector
 from pipeline.ingest.server import LocalLabelStudio, find_label_studio_bin
 from pipeline.ingest.task_store import STORE_DIR, StoreWriter, stored_task
-from pipeline.ingest.records import OutcomeCollector
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CATS = ("billing", "shipping")

@@ -183,8 +183,8 @@ def worker_ours(work: Path, shape: Shape) -> dict[str, Any]:
     import pandas as pd
 
     from pipeline.config import load_config
-    from pipeline.train.recipe import train_adapter
     from pipeline.train.modeling import load_adapter
+    from pipeline.train.recipe import train_adapter
 
     train_df = pd.read_parquet(work / "train.parquet")
     train = {"batch_size": shape.batch_size, "grad_accum_steps": shape.grad_accum_steps}
@@ -220,8 +220,7 @@ def worker_trl(work: Path, shape: Shape, *, padding_free: bool) -> dict[str, Any
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.chat_format import _messages
-    from pipeline.chat_format import load_tokenizer
+    from pipeline.chat_format import _messages, load_tokenizer
     from pipeline.train.throughput import model_flops_utilization
 
     train_df = pd.read_parquet(work / "train.parquet")
@@ -297,8 +296,7 @@ def _held_out_loss(model: Any, work: Path, shape: Shape) -> float:
     """The same scoring for every peer: token-weighted NLL of the held-out responses."""
     import pandas as pd
 
-    from pipeline.chat_format import build_examples
-    from pipeline.chat_format import load_tokenizer
+    from pipeline.chat_format import build_examples, load_tokenizer
     from pipeline.train.scoring import mean_token_loss, sequence_nll
 
     tok = load_tokenizer(str(work / "model"))

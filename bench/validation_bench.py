@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
+from pipeline.chat_format import load_tokenizer
+from pipeline.config import PipelineConfig
+from pipeline.ingest.records import records_frame
 from pipeline.validate import dataset_checks as dc
 from pipeline.validate import text_checks as tc
-from pipeline.config import PipelineConfig
-from pipeline.chat_format import load_tokenizer
+from pipeline.validate.checks import validate_records
 from pipeline.validate.near_duplicates import duplicate_groups
-from pipeline.ingest.records import records_frame
 from pipeline.validate.split import split_groups
 from pipeline.validate.token_bounds import LengthBounds, derive_bounds, row_bounds
 from pipeline.validate.token_lengths import (
@@ -49,7 +50,6 @@ from pipeline.validate.token_lengths import (
     renderable_rows,
     rows_counted,
 )
-from pipeline.validate.checks import validate_records
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
 PLACES = [f"{a} {b}" for a in ("Port", "North", "South", "Old", "New", "Upper", "Lower", "East") for b in

@@ -11,18 +11,16 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task, exponential_backoff
 
-from pipeline.track import tracking
 from pipeline.config import PipelineConfig, Settings
-from pipeline.validate.drift import latest_snapshot
-from pipeline.validate.prepare import PreparedDataset, prepare_dataset
-from pipeline.ingest.pull import Pull, pull_project
 from pipeline.ingest.client import LabelStudioError
+from pipeline.ingest.pull import Pull, pull_project
+from pipeline.track import tracking
 from pipeline.track.promotion import Assessment, assess_adapter, promote, write_artifacts
-from pipeline.validate.report import validation_summary
-from pipeline.validate.snapshot import load_snapshot
-from pipeline.validate.split import split_train_eval
 from pipeline.train.recipe import train_adapter
 from pipeline.train.results import TrainResult
+from pipeline.validate.prepare import PreparedDataset, prepare_dataset
+from pipeline.validate.report import validation_summary
+from pipeline.validate.snapshot import latest_snapshot, load_snapshot
 
 
 def _retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -118,23 +116,12 @@ def start_tracking(config: PipelineConfig, prepared: PreparedDataset, flow_run_i
     return run_id
 
 
-def _split(config: PipelineConfig, prepared: PreparedDataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The snapshot's train/eval split; one function so training and evaluation always see the same one."""
-    snapshot = prepared.snapshot
-    return split_train_eval(
-        snapshot.records,
-        config.data.eval_fraction,
-        snapshot.hash,
-        near_duplicate_threshold=config.validation.near_duplicate_threshold,
-    )
-
-
 @task
 def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapters_root: str) -> TrainResult:
-    """Split the snapshot and train the adapter, streaming step metrics to the MLflow run."""
+    """Train the adapter on the snapshot's frozen train rows, streaming step metrics to the MLflow run."""
     settings = Settings()
     snapshot = prepared.snapshot
-    train_df, eval_df = _split(config, prepared)
+    train_df, eval_df = snapshot.split()
     out = Path(adapters_root) / run_id
     result = train_adapter(
         config,
@@ -169,7 +156,7 @@ def evaluate(config: PipelineConfig, result: TrainResult, prepared: PreparedData
     per-item scores, the side-by-side table, plots and the adapter itself."""
     settings = Settings()
     uri = settings.mlflow_tracking_uri
-    _, eval_df = _split(config, prepared)
+    _, eval_df = prepared.snapshot.split()
     assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri)
     metrics = assessment.metrics()
     if "forgetting_wall_time_s" in metrics and result.wall_time_s > 0:

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 
 from pipeline.ingest.client import LabelStudioError
+from pipeline.ingest.reconcile import ReconciliationError
 from pipeline.ingest.server import LabelStudioStartError
-from pipeline.validate.reconcile import ReconciliationError
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -35,11 +35,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     from pipeline.chat_format import load_tokenizer
+    from pipeline.config import load_config
+    from pipeline.validate.checks import chat_token_counter, validate_records
     from pipeline.validate.report import validation_summary
     from pipeline.validate.snapshot import load_snapshot
-    from pipeline.validate.checks import chat_token_counter, validate_records
 
     snap = load_snapshot(args.snapshot)
     config = load_config(args.config, base_model=args.base_model)
@@ -59,11 +59,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         older = sorted(p for p in snap.path.parent.iterdir() if p.is_dir() and p.name < snap.path.name)
         previous = load_snapshot(older[-1]) if older and (older[-1] / "snapshot.json").is_file() else None
     result = validate_records(
-        snap.records,
+        snap.pairs,
         snap.meta.get("categories"),
         config,
         token_counter=counter,
-        previous=previous.records if previous is not None else None,
+        previous=previous.pairs if previous is not None else None,
     )
     print(f"snapshot {snap.path} ({snap.hash[:12]})")
     if previous is not None:
@@ -85,9 +85,12 @@ def _verdict(passed: bool, version: str | None) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo.runner import run_demo
+    from pipeline.demo.runner import run_demo, use_demo_prefect_home
 
-    out = run_demo(args.dir, port=args.port)
+    use_demo_prefect_home(args.dir)
+    from flows.pipeline_flow import lora_pipeline_flow
+
+    out = run_demo(args.dir, port=args.port, run_flow=lora_pipeline_flow)
     print()
     print("=" * 72)
     print(out["reconciliation"])
@@ -103,9 +106,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
+    from pipeline.train.data import load_training_data
     from pipeline.train.recipe import train_adapter
     from pipeline.train.results import StepLog
-    from pipeline.train.data import load_training_data
 
     config = load_config(args.config, base_model=args.base_model)
     train_df, eval_df, dataset_hash = load_training_data(args.data, config, eval_path=args.eval_data)
@@ -130,6 +133,96 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = export_merged(args.adapter, args.merged, base_model=args.base_model)
     print(f"merged model saved to {out}")
     return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pipeline.config import Settings, load_config
+    from pipeline.ingest.client import connect, ensure_project, get_project
+    from pipeline.ingest.http_retry import RetryPolicy
+    from pipeline.ingest.project_setup import import_prompts, read_prompts
+
+    cfg = load_config(args.config).labelstudio
+    rows = read_prompts(args.prompts) if args.prompts else []
+    settings = Settings()
+    client = connect(
+        settings.label_studio_url,
+        settings.require_label_studio_key(),
+        timeout_s=cfg.timeout_s,
+        policy=RetryPolicy(retries=cfg.retries, backoff_s=cfg.backoff_s),
+    )
+    if cfg.project_id is not None:
+        project = get_project(client, cfg.project_id)
+        missing = sorted(set(cfg.categories) - set(project.categories))
+        if missing:
+            raise ValueError(f"Label Studio project {project.id} lacks categories {missing} listed in the config")
+    else:
+        project = ensure_project(client, cfg.project_title, cfg.categories)
+    print(f"Label Studio project {project.id} ({project.title!r}) ok; categories: {', '.join(project.categories)}")
+    if rows:
+        summary = import_prompts(client, project.id, rows, with_drafts=args.drafts, model_version=args.model_version)
+        print(
+            f"imported {summary.imported} prompts ({summary.with_drafts} with model drafts as predictions); "
+            f"{summary.already_present} were already in the project"
+        )
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from pipeline.config import Settings, load_config
+    from pipeline.ingest.export_file import pull_export_file
+    from pipeline.validate.feedback import feedback_for_snapshot
+    from pipeline.ingest.pull import pull_project
+    from pipeline.validate.prepare import prepare_dataset
+
+    cfg = load_config(args.config).labelstudio
+    snapshots = Path(args.work_dir) / "snapshots"
+    if args.export_file:
+        pull = pull_export_file(args.export_file, cfg)
+    else:
+        pull = pull_project(Settings(), cfg, snapshots_root=snapshots, full=args.full)
+    # Without a tokenizer the token-length check is skipped; `lora-pipeline run` applies it.
+    prepared = prepare_dataset(pull, snapshots)
+    src = pull.source
+    print(f"{src.get('mode', 'file')} pull of {src.get('url') or src.get('path')} project {pull.project.id}")
+    if src.get("mode") == "incremental":
+        reused = pull.normalized.tasks_seen - src["tasks_normalized"]
+        drafts = f" ({src['tasks_drafts_changed']} only in their drafts)" if src.get("tasks_drafts_changed") else ""
+        print(
+            f"{src['tasks_changed']} tasks changed{drafts}, {src['tasks_deleted']} deleted, "
+            f"{reused} reused from the last pull"
+        )
+    print(prepared.reconciliation.table())
+    print(f"snapshot: {prepared.snapshot.path}")
+    if args.export_file is None and cfg.feedback and not args.no_feedback:
+        fb = feedback_for_snapshot(Settings(), cfg, pull.project.id, prepared.snapshot.path)
+        print(
+            f"feedback: {fb.marked} tasks marked, {fb.unchanged} unchanged, {fb.cleared} cleared "
+            f"(view {cfg.feedback_view!r})"
+        )
+    return 0
+
+
+def add_labelstudio_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `labelstudio init` and `labelstudio pull`."""
+    ls = sub.add_parser("labelstudio", help="create/verify the Label Studio project, import prompts, pull")
+    ls_sub = ls.add_subparsers(dest="labelstudio_command", required=True)
+
+    init = ls_sub.add_parser("init", help="create or verify the project; import prompts (JSONL/CSV)")
+    init.add_argument("--config", help="YAML config (project title/id and categories)")
+    init.add_argument("--prompts", type=Path, help=".jsonl or .csv with a 'prompt' column (system/context optional)")
+    init.add_argument(
+        "--drafts", action="store_true", help="import the rows' 'response'/'category' as predictions to edit"
+    )
+    init.add_argument("--model-version", default="draft", help="model_version of the imported predictions")
+    init.set_defaults(func=_cmd_init)
+
+    pull = ls_sub.add_parser("pull", help="pull (incrementally), validate, snapshot, print the reconciliation table")
+    pull.add_argument("--config", help="YAML config")
+    pull.add_argument("--work-dir", default="work", help="snapshots go to WORK_DIR/snapshots (default ./work)")
+    pull.add_argument("--full", action="store_true", help="ignore the watermark and fetch every task")
+    pull.add_argument("--export-file", type=Path, help="read a Label Studio JSON export file instead of the API")
+    pull.add_argument("--no-feedback", action="store_true", help="do not mark failing tasks in Label Studio")
+    pull.set_defaults(func=_cmd_pull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,8 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--merged", type=Path, required=True, help="output directory for the merged model")
     ex.add_argument("--base-model", help="override the base model recorded in the adapter's manifest")
     ex.set_defaults(func=_cmd_export)
-
-    from pipeline.labelstudio.commands import add_labelstudio_parser
 
     add_labelstudio_parser(sub)
     return p

@@ -15,6 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# lm-eval model backends: ours, registered under this name by pipeline/evaluate/lm_eval_backend.py, and
+# lm-eval's stock HFLM ("hf"), the reference. Defined here so the harness and the backend both import it
+# from below instead of from each other.
+LM_EVAL_BACKEND = "lora-pipeline"
+EvalBackend = Literal["lora-pipeline", "hf"]
+
 # LoRA target presets: `qv` is the LoRA paper's choice; `all-linear` is PEFT's own keyword.
 TARGET_PRESETS: dict[str, list[str] | str] = {
     "qv": ["q_proj", "v_proj"],
@@ -145,7 +151,7 @@ class EvalConfig(_Strict):
     num_fewshot: int = Field(default=0, ge=0)
     # lm-eval model backend: "lora-pipeline" batches requests and scores each shared context once
     # (pipeline/evaluate/lm_eval_backend.py); "hf" is lm-eval's stock HFLM, kept as the reference.
-    backend: Literal["lora-pipeline", "hf"] = "lora-pipeline"
+    backend: EvalBackend = LM_EVAL_BACKEND
     # Cap documents per task (None: all); standard tasks can have tens of thousands.
     limit: int | None = Field(default=None, ge=1)
     # Paired bootstrap on every adapter-minus-base delta.

@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 from label_studio_sdk import LabelStudio
 
-from pipeline.ingest.client import connect
-from pipeline.ingest.server import LocalLabelStudio, free_port
 from pipeline.demo.sample_data import sample_records
 from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.ingest.client import connect
+from pipeline.ingest.server import LocalLabelStudio, free_port
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,11 @@ from lm_eval.models.huggingface import HFLM
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from pipeline.evaluate.harness import BACKEND_NAME, harness_forgetting_scores, load_tasks, task_manager
+from pipeline.chat_format import load_tokenizer
+from pipeline.config import LM_EVAL_BACKEND
+from pipeline.evaluate.harness import harness_forgetting_scores, load_tasks, task_manager
 from pipeline.evaluate.lm_eval_backend import PipelineLM, _rows
 from pipeline.evaluate.merged_adapter import merged_adapter
-from pipeline.chat_format import load_tokenizer
 
 TASKS = ("general_suite_mc", "general_suite_ppl")
 
@@ -94,7 +95,7 @@ def test_forgetting_scores_equal_across_backends(adapted: PeftModel, tiny_model_
     """Through lm-eval's metrics and aggregation: per-document accuracies equal, perplexity inputs within 1e-6."""
     tok = load_tokenizer(str(tiny_model_dir))
     kw: dict[str, Any] = {"suite_dir": None, "batch_size": 16}
-    ours = harness_forgetting_scores(adapted, tok, TASKS, backend=BACKEND_NAME, **kw)
+    ours = harness_forgetting_scores(adapted, tok, TASKS, backend=LM_EVAL_BACKEND, **kw)
     stock = harness_forgetting_scores(adapted, tok, TASKS, backend="hf", **kw)
     for got, want in zip(ours, stock, strict=True):  # base, then adapter
         assert got["general_suite_mc"].values == want["general_suite_mc"].values
@@ -123,7 +124,7 @@ def test_choices_of_one_item_share_one_row_and_rows_stay_within_the_window() -> 
 
 def test_backend_is_registered_with_lm_eval() -> None:
     """`lm_eval --model lora-pipeline` and simple_evaluate(model="lora-pipeline") find it."""
-    assert registry.get_model(BACKEND_NAME) is PipelineLM
+    assert registry.get_model(LM_EVAL_BACKEND) is PipelineLM
 
 
 def test_paired_sides_score_once_and_serve_the_other_side_without_the_model(

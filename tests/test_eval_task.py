@@ -10,11 +10,10 @@ from peft import LoraConfig, get_peft_model
 from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM
 
+from pipeline.chat_format import build_examples, load_tokenizer, render
 from pipeline.config import load_config
-from pipeline.chat_format import build_examples, render
-from pipeline.chat_format import load_tokenizer
-from pipeline.train.scoring import mean_token_loss, pad_batch, plain_head, sequence_nll, token_nll
 from pipeline.evaluate.task_eval import evaluate_task, exact_match, greedy_generate, rouge_l
+from pipeline.train.scoring import mean_token_loss, pad_batch, plain_head, sequence_nll, token_nll
 from tests.conftest import make_records
 
 

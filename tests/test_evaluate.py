@@ -12,15 +12,21 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from pipeline.chat_format import load_tokenizer
 from pipeline.config import load_config
-from pipeline.evaluate.forgetting import AdapterNotAppliedError, ForgettingReport, evaluate_saved_adapter, forgetting_check, load_verified_adapter, score_suite
-from pipeline.train.manifest import check_manifest_matches
+from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.evaluate.forgetting import (
+    AdapterNotAppliedError,
+    ForgettingReport,
+    evaluate_saved_adapter,
+    forgetting_check,
+    load_verified_adapter,
+    score_suite,
+)
 from pipeline.evaluate.general_suite import load_general_suite
 from pipeline.evaluate.harness import builtin_task_dir, builtin_task_names
-from pipeline.chat_format import load_tokenizer
-from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.train.manifest import MANIFEST, check_manifest_matches
 from pipeline.train.recipe import train_adapter
-from pipeline.train.manifest import MANIFEST
 from tests.conftest import make_records
 
 pytestmark = pytest.mark.slow

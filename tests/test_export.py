@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.train.merge import export_merged, merge_into
 from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.train.merge import export_merged, merge_into
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluate.intervals import Interval, accuracy_delta, loss_improvement, perplexity_change
 from pipeline.config import GateConfig, PipelineConfig, load_config
 from pipeline.evaluate.forgetting import ForgettingReport, TaskComparison
 from pipeline.evaluate.gate import evaluate_gate
 from pipeline.evaluate.harness import TaskScores
-from pipeline.track.promotion import Assessment, assess_adapter, write_artifacts
+from pipeline.evaluate.intervals import Interval, accuracy_delta, loss_improvement, perplexity_change
 from pipeline.evaluate.task_eval import TaskEvaluation
+from pipeline.track.promotion import Assessment, assess_adapter, write_artifacts
 from pipeline.train.recipe import train_adapter
 from pipeline.train.results import TrainResult
 from tests.conftest import make_records

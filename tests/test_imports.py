@@ -28,4 +28,10 @@ def test_module_imports(module: str) -> None:
 def test_all_stage_modules_found() -> None:
     """The walk really sees the stage modules (an empty walk would make the test above vacuous)."""
     found = set(_modules())
-    assert {"pipeline.train.recipe", "pipeline.evaluate.forgetting", "flows.pipeline_flow", "schemas.pairs", "pipeline.cli"} <= found
+    assert {
+        "pipeline.train.recipe",
+        "pipeline.evaluate.forgetting",
+        "flows.pipeline_flow",
+        "schemas.pairs",
+        "pipeline.cli",
+    } <= found

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.ingest.project_setup import read_prompts
 from pipeline.ingest.client import connect, ensure_project, raw_get, skip_task, submit_annotation
+from pipeline.ingest.project_setup import read_prompts
 from pipeline.ingest.server import LocalLabelStudio
 
 CATS = ["billing", "shipping"]

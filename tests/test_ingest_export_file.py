@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from pipeline.config import LabelStudioConfig
+from pipeline.ingest.client import annotation_result
 from pipeline.ingest.export_file import pull_export_file, read_export_file
 from pipeline.validate.prepare import prepare_dataset
-from pipeline.ingest.client import annotation_result
 from pipeline.validate.snapshot import load_snapshot
 
 CATS = ("billing", "shipping")

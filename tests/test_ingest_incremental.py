@@ -10,8 +10,6 @@ import pytest
 from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
-from pipeline.validate.prepare import prepare_dataset
-from pipeline.ingest.pull import Pull, pull_project
 from pipeline.ingest.client import (
     annotation_result,
     connect,
@@ -22,7 +20,9 @@ from pipeline.ingest.client import (
     submit_annotation,
     updated_since_query,
 )
+from pipeline.ingest.pull import Pull, pull_project
 from pipeline.ingest.server import LocalLabelStudio
+from pipeline.validate.prepare import prepare_dataset
 
 CATS = ("billing", "shipping")
 

@@ -14,9 +14,6 @@ import pandas as pd
 import pytest
 
 from pipeline.config import LabelStudioConfig, Settings
-from pipeline.ingest.http_retry import RetryPolicy, RetryTransport
-from pipeline.validate.prepare import prepare_dataset
-from pipeline.ingest.pull import Pull, pull_project
 from pipeline.ingest.client import (
     EXPORT_REQUEST_LINE_BYTES,
     LabelStudioError,
@@ -27,7 +24,10 @@ from pipeline.ingest.client import (
     skip_task,
     submit_annotation,
 )
+from pipeline.ingest.http_retry import RetryPolicy, RetryTransport
+from pipeline.ingest.pull import Pull, pull_project
 from pipeline.ingest.server import LocalLabelStudio
+from pipeline.validate.prepare import prepare_dataset
 
 CATS = ("billing", "shipping")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-encoding", "content-length"}

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from pipeline.ingest.incremental import Changes, Watermark, kept_tasks, previous_watermark
+from pipeline.ingest.records import OutcomeCollector, normalize_tasks
 from pipeline.ingest.task_store import (
     STORE_DIR,
     StoredTask,
@@ -25,7 +26,6 @@ from pipeline.ingest.task_store import (
     read_store,
     stored_task,
 )
-from pipeline.ingest.records import OutcomeCollector, normalize_tasks
 from tests.test_records import annotation, task
 
 URL = "http://127.0.0.1:8080"

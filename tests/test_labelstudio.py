@@ -16,8 +16,8 @@ from pipeline.ingest.client import (
     skip_task,
     submit_annotation,
 )
-from pipeline.ingest.server import LabelStudioStartError, LocalLabelStudio, free_port
 from pipeline.ingest.records import normalize_tasks
+from pipeline.ingest.server import LabelStudioStartError, LocalLabelStudio, free_port
 
 pytestmark = pytest.mark.slow
 CATS = ("billing", "shipping")

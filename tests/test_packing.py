@@ -8,8 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline.chat_format import IGNORE_INDEX, build_examples
-from pipeline.chat_format import load_tokenizer
+from pipeline.chat_format import IGNORE_INDEX, build_examples, load_tokenizer
 from pipeline.train.packing import collate_packed, make_batch, pack_rows
 from pipeline.train.scoring import token_nll
 from tests.conftest import make_records

@@ -10,10 +10,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pipeline.config import PipelineConfig
 from pipeline.ingest.records import records_frame
-from pipeline.validate.snapshot import dataset_hash, load_snapshot, write_snapshot
-from pipeline.validate.split import split_train_eval
+from pipeline.train.data import load_training_data
 from pipeline.validate.checks import validate_records
+from pipeline.validate.snapshot import SPLIT_COLUMN, content_hash, dataset_hash, load_snapshot, write_snapshot
+from pipeline.validate.split import split_train_eval
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
 SEED = "3f2a9c0d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7"
@@ -257,3 +259,77 @@ def test_split_seeded_by_snapshot_hash(split_records: pd.DataFrame) -> None:
     assert len(e1) == sum(
         max(1, min(math.floor(n * 0.1 + 0.5), n - 1)) for n in (25, 12, 7, 2, 3)
     )  # per category; the lone row adds nothing
+
+
+# ---- the split is frozen into the snapshot ----
+
+
+def _snapshot_of(records: pd.DataFrame, root: Path, **kw: Any) -> Any:
+    return write_snapshot(records, records.iloc[:0], root, meta={"source": {"kind": "test"}}, **kw)
+
+
+def test_snapshot_stores_the_split_it_was_written_with(tmp_path: Path, split_records: pd.DataFrame) -> None:
+    """`is_eval` is written once; train and evaluation read exactly the split of the rows' content hash."""
+    snap = _snapshot_of(split_records, tmp_path, eval_fraction=0.2)
+    assert snap.records[SPLIT_COLUMN].dtype == bool
+    expected_train, expected_eval = split_train_eval(split_records, 0.2, content_hash(split_records))
+    train, eval_ = load_snapshot(snap.path).split()
+    # parquet reads text back as pandas' string dtype (None as nan): compare ids and learned content
+    assert train["task_id"].tolist() == expected_train["task_id"].tolist()
+    assert eval_["task_id"].tolist() == expected_eval["task_id"].tolist()
+    assert content_hash(train) == content_hash(expected_train)
+    assert content_hash(eval_) == content_hash(expected_eval)
+    assert SPLIT_COLUMN not in train and SPLIT_COLUMN not in eval_
+    assert snap.meta["split"] == {
+        "eval_fraction": 0.2,
+        "near_duplicate_threshold": 0.85,
+        "train_rows": len(expected_train),
+        "eval_rows": len(expected_eval),
+    }
+
+
+def test_snapshot_hash_covers_the_split(tmp_path: Path, split_records: pd.DataFrame) -> None:
+    """Same rows, another held-out set: another snapshot hash; moving one row in the parquet is caught."""
+    a = _snapshot_of(split_records, tmp_path, eval_fraction=0.2)
+    b = _snapshot_of(split_records, tmp_path, eval_fraction=0.3)
+    assert a.hash != b.hash
+    assert content_hash(a.pairs) == content_hash(b.pairs)
+    tampered = a.records.copy()
+    first_train = tampered.index[~tampered[SPLIT_COLUMN]][0]
+    tampered.loc[first_train, SPLIT_COLUMN] = True
+    tampered.to_parquet(a.parquet_path, index=False)
+    with pytest.raises(ValueError, match="corrupted"):
+        load_snapshot(a.path)
+
+
+def test_snapshot_of_one_row_holds_nothing_out(tmp_path: Path) -> None:
+    """A one-row snapshot is written (nothing lost); training from it says why it cannot split."""
+    snap = _snapshot_of(records_frame([row(1)]), tmp_path)
+    assert not snap.records[SPLIT_COLUMN].any()
+    with pytest.raises(ValueError, match="holds out no rows"):
+        snap.split()
+
+
+def test_snapshot_without_split_column_is_refused(tmp_path: Path, split_records: pd.DataFrame) -> None:
+    """A snapshot written before the split was frozen loads (its hash is the content hash) but cannot be split."""
+    snap = _snapshot_of(split_records, tmp_path)
+    legacy = snap.pairs
+    legacy.to_parquet(snap.parquet_path, index=False)
+    meta = json.loads((snap.path / "snapshot.json").read_text())
+    meta["hash"] = dataset_hash(legacy)
+    (snap.path / "snapshot.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="pull again"):
+        load_snapshot(snap.path).split()
+
+
+def test_cli_training_data_is_the_snapshot_split(tmp_path: Path, split_records: pd.DataFrame) -> None:
+    """`lora-pipeline train SNAPSHOT` trains on the stored split; a config that would split otherwise is refused."""
+    snap = _snapshot_of(split_records, tmp_path, eval_fraction=0.2)
+    config = PipelineConfig.model_validate({"data": {"eval_fraction": 0.2}})
+    train, eval_, digest = load_training_data(snap.path, config)
+    expected_train, expected_eval = load_snapshot(snap.path).split()
+    pd.testing.assert_frame_equal(train, expected_train)
+    pd.testing.assert_frame_equal(eval_, expected_eval)
+    assert digest == snap.hash
+    with pytest.raises(ValueError, match=r"eval_fraction: snapshot 0\.2 vs config 0\.1"):
+        load_training_data(snap.path, PipelineConfig())

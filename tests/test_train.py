@@ -11,11 +11,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from pipeline.chat_format import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, build_examples, encode_pair, load_tokenizer
 from pipeline.config import PipelineConfig, load_config
-from pipeline.chat_format import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, build_examples, encode_pair
-from pipeline.chat_format import load_tokenizer
-from pipeline.train.recipe import plan_steps, train_adapter
 from pipeline.train.manifest import MANIFEST
+from pipeline.train.recipe import plan_steps, train_adapter
 from tests.conftest import make_records
 
 

@@ -13,8 +13,8 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline.config import load_config
-from pipeline.ingest.server import free_port
 from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.ingest.server import free_port
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.chat_format import IGNORE_INDEX, build_examples, load_tokenizer
 from pipeline.config import LoraConfig
-from pipeline.chat_format import IGNORE_INDEX, build_examples
 from pipeline.train.loss import ScoredTokenLoss
 from pipeline.train.modeling import attach_lora, load_base_model
-from pipeline.chat_format import load_tokenizer
 from pipeline.train.packing import make_batch
 from tests.conftest import make_records
 

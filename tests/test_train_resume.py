@@ -15,8 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipeline.train.checkpoint import checkpoint_root, list_checkpoints
 from pipeline.config import load_config
+from pipeline.train.checkpoint import checkpoint_root, list_checkpoints
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 

@@ -11,9 +11,8 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from pipeline.chat_format import build_examples, load_tokenizer
 from pipeline.config import LoraConfig, PipelineConfig, load_config
-from pipeline.chat_format import build_examples
-from pipeline.chat_format import load_tokenizer
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 

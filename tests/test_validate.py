@@ -7,10 +7,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline.validate.reconcile import ReconciliationError, reconcile
+from pipeline.ingest.reconcile import ReconciliationError, reconcile
 from pipeline.ingest.records import QUARANTINE_COLUMNS, UNUSABLE_COLUMNS, normalize_tasks, records_frame
-from pipeline.validate.report import validation_markdown
 from pipeline.validate.checks import ValidationResult, validate_records
+from pipeline.validate.report import validation_markdown
 from schemas.pairs import FIX_HINTS
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")

@@ -8,13 +8,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pipeline.chat_format import build_examples, load_tokenizer
 from pipeline.config import PipelineConfig, ValidationConfig
-from pipeline.validate.dataset_checks import leakage_check
-from pipeline.chat_format import build_examples
-from pipeline.chat_format import load_tokenizer
 from pipeline.ingest.records import records_frame
-from pipeline.validate.split import split_train_eval
 from pipeline.validate.checks import ValidationFailed, ValidationResult, chat_token_counter, validate_records
+from pipeline.validate.dataset_checks import leakage_check
+from pipeline.validate.split import split_train_eval
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
 # Small datasets in these tests: only the check under test may fail at dataset level.

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import PipelineConfig, ValidationConfig
 from pipeline.chat_format import load_tokenizer
-from pipeline.validate.reconcile import reconcile
+from pipeline.config import PipelineConfig, ValidationConfig
+from pipeline.ingest.reconcile import reconcile
 from pipeline.ingest.records import normalize_tasks, records_frame
+from pipeline.validate.checks import TokenCounter, chat_token_counter, validate_records
 from pipeline.validate.report import failure_table, validation_markdown, validation_summary
 from pipeline.validate.split import split_train_eval
-from pipeline.validate.checks import TokenCounter, chat_token_counter, validate_records
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
 

@@ -15,13 +15,13 @@ from prefect import flow
 from flows.tasks import start_tracking, stop_on_validation_errors, validate_and_snapshot
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, ValidationConfig
-from pipeline.validate.prepare import prepare_dataset
-from pipeline.ingest.pull import Pull
 from pipeline.ingest.client import ProjectRef
-from pipeline.validate.reconcile import reconcile
+from pipeline.ingest.pull import Pull
+from pipeline.ingest.reconcile import reconcile
 from pipeline.ingest.records import normalize_tasks
-from pipeline.validate.report import FAILURE_COLUMNS, failure_table, validation_markdown, write_failure_table
 from pipeline.validate.checks import ValidationFailed, validate_records
+from pipeline.validate.prepare import prepare_dataset
+from pipeline.validate.report import FAILURE_COLUMNS, failure_table, validation_markdown, write_failure_table
 from schemas.pairs import FIX_HINTS
 from tests.conftest import make_records
 

@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from pipeline.chat_format import IGNORE_INDEX, encode_pair
-from pipeline.chat_format import load_tokenizer
-from pipeline.ingest.records import records_frame
+from pipeline.chat_format import IGNORE_INDEX, encode_pair, load_tokenizer
 from pipeline.demo.sample_data import sample_corpus
+from pipeline.ingest.records import records_frame
 from pipeline.validate.token_bounds import derive_bounds, row_bounds
 from pipeline.validate.token_lengths import (
     TokenCounter,

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from label_studio_sdk import LabelStudio
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
+from pipeline.demo.sample_data import sample_pairs
+from pipeline.demo.tiny_model import build_tiny_model
 from pipeline.ingest.client import (
     ProjectRef,
     connect,
@@ -25,10 +28,11 @@ from pipeline.ingest.client import (
 )
 from pipeline.ingest.server import LocalLabelStudio
 from pipeline.track.registry import CANDIDATE, CHAMPION, get_alias
-from pipeline.demo.sample_data import sample_pairs
-from pipeline.demo.tiny_model import build_tiny_model
 
-DEMO_CONFIG = Path(__file__).parent / "data" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
+
+# `flows.pipeline_flow.lora_pipeline_flow`, called with config_path, work_dir and base_model.
+FlowRunner = Callable[..., Any]
 
 # Annotation mistakes the demo makes on purpose so that the validation report has something to show.
 _FLAWED = {
@@ -115,14 +119,20 @@ def promotion_summary(
     return "\n".join(lines)
 
 
-def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
-    """Run the whole pipeline offline under `demo_dir`; returns what the CLI prints."""
+def use_demo_prefect_home(demo_dir: str | Path) -> None:
+    """Keep Prefect's embedded API database with the rest of the demo, unless the user chose a home.
+
+    Call before importing Prefect: it reads its settings on import.
+    """
+    os.environ.setdefault("PREFECT_HOME", str(Path(demo_dir).resolve() / "prefect"))
+
+
+def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> dict[str, Any]:
+    """Run the whole pipeline offline under `demo_dir` with `run_flow` (the Prefect flow, passed in by the
+    CLI so that no stage package imports `flows/`); returns what the CLI prints."""
     root = Path(demo_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    # Keep Prefect's embedded API database with the rest of the demo, unless the user chose a home.
-    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
-    from flows.pipeline_flow import lora_pipeline_flow
-
+    use_demo_prefect_home(root)
     model_dir = root / "tiny-model"
     if not (model_dir / "config.json").is_file():
         print(f"building the tiny base model offline in {model_dir} ...")
@@ -147,9 +157,7 @@ def run_demo(demo_dir: str | Path, *, port: int = 0) -> dict[str, Any]:
             f"Label Studio project {seeded.project.id}: imported {seeded.imported} tasks, "
             f"submitted {seeded.annotated} annotations"
         )
-        outcome = lora_pipeline_flow(
-            config_path=str(DEMO_CONFIG), work_dir=str(root / "work"), base_model=str(model_dir)
-        )
+        outcome = run_flow(config_path=str(DEMO_CONFIG), work_dir=str(root / "work"), base_model=str(model_dir))
     return {
         "run_id": outcome.run_id,
         "metrics": outcome.metrics,

@@ -86,8 +86,8 @@ def build_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Build, briefly pretrain and save the tiny model + tokenizer to `out_dir`; returns the directory."""
-    from pipeline.evaluate.general_suite import load_general_suite
     from pipeline.demo.sample_data import sample_corpus
+    from pipeline.evaluate.general_suite import load_general_suite
 
     out = Path(out_dir)
     torch.manual_seed(seed)

@@ -21,16 +21,14 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from pipeline.evaluate.intervals import Interval, accuracy_delta, perplexity_change
+from pipeline.chat_format import IGNORE_INDEX, load_tokenizer
 from pipeline.config import PipelineConfig
-from pipeline.chat_format import IGNORE_INDEX
 from pipeline.evaluate.general_suite import GeneralSuite
 from pipeline.evaluate.harness import TaskScores, harness_forgetting_scores
-from pipeline.train.modeling import fingerprint_base, resolve_device
-from pipeline.chat_format import load_tokenizer
+from pipeline.evaluate.intervals import Interval, accuracy_delta, perplexity_change
+from pipeline.train.manifest import MANIFEST, check_manifest_matches
+from pipeline.train.modeling import load_adapter, resolve_device
 from pipeline.train.scoring import sequence_nll
-from pipeline.train.manifest import MANIFEST
-from pipeline.train.modeling import load_adapter
 
 # A probe whose logits must change when the adapter is on; a no-op adapter measures nothing.
 _PROBE = "The weather today is"

@@ -24,12 +24,9 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from pipeline.config import LM_EVAL_BACKEND, EvalBackend
 from pipeline.evaluate.general_suite import BUILTIN_PACKAGE
 from pipeline.evaluate.merged_adapter import merged_adapter
-
-# "lora-pipeline": our lm-eval backend (pipeline/evaluate/lm_eval_backend.py); "hf": lm-eval's stock HFLM, the reference.
-BACKEND_NAME = "lora-pipeline"
-Backend = Literal["lora-pipeline", "hf"]
 
 # Per-sample values lm-eval logs that the forgetting check can pair: accuracy (multiple choice)
 # and (log-likelihood, words) for rolling-log-likelihood tasks (wikitext-style perplexity).
@@ -153,7 +150,7 @@ def score_tasks(lm: Any, loaded: dict[str, Any], *, limit: int | None, seed: int
     }
 
 
-def make_lm(model: PeftModel, tokenizer: PreTrainedTokenizerBase, *, backend: Backend, batch_size: int) -> Any:
+def make_lm(model: PeftModel, tokenizer: PreTrainedTokenizerBase, *, backend: EvalBackend, batch_size: int) -> Any:
     """The lm-eval model wrapper around the already-loaded PEFT model (no second load)."""
     from lm_eval.models.huggingface import HFLM
 
@@ -161,7 +158,7 @@ def make_lm(model: PeftModel, tokenizer: PreTrainedTokenizerBase, *, backend: Ba
 
     # lm-eval warns at length that a pre-built model ignores its loading arguments: that is the point here.
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
-    cls = PipelineLM if backend == BACKEND_NAME else HFLM
+    cls = PipelineLM if backend == LM_EVAL_BACKEND else HFLM
     return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
@@ -174,7 +171,7 @@ def harness_forgetting_scores(
     batch_size: int,
     num_fewshot: int = 0,
     limit: int | None = None,
-    backend: Backend = BACKEND_NAME,
+    backend: EvalBackend = LM_EVAL_BACKEND,
     seed: int = 0,
 ) -> tuple[dict[str, TaskScores], dict[str, TaskScores]]:
     """(base, adapter) per-document scores from one model and one task dict: the base inside `disable_adapter()`.

@@ -36,7 +36,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 from peft import PeftModel
 
-from pipeline.evaluate.harness import BACKEND_NAME
+from pipeline.config import LM_EVAL_BACKEND
 
 # Attention implementations that apply a custom 4D mask as given (transformers masking_utils returns it as-is).
 _MASKED_ATTENTION = {"eager", "sdpa"}
@@ -186,7 +186,7 @@ def _token_logprobs(
 Side = Callable[[], AbstractContextManager[object]]
 
 
-@register_model(BACKEND_NAME)
+@register_model(LM_EVAL_BACKEND)
 class PipelineLM(HFLM):
     """HFLM with batched, context-sharing log-likelihood scoring; see the module docstring.
 
@@ -348,7 +348,7 @@ class PipelineLM(HFLM):
 
     def _batches(self, requests: list[Request], *, share: bool, batch_size: int | None = None) -> list[_Batch]:
         if self.backend != "causal":
-            raise ValueError(f"the {BACKEND_NAME!r} lm-eval backend scores causal LMs only; use eval.backend: hf")
+            raise ValueError(f"the {LM_EVAL_BACKEND!r} lm-eval backend scores causal LMs only; use eval.backend: hf")
         rows = sorted(_rows(requests, self.max_length, share), key=lambda r: -len(r.tokens))
         size = batch_size or (self.batch_size if isinstance(self.batch_size, int) else 16)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id

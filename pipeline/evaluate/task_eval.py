@@ -16,9 +16,9 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from pipeline.evaluate.intervals import Interval, loss_improvement
-from pipeline.config import PipelineConfig
 from pipeline.chat_format import build_examples, render
+from pipeline.config import PipelineConfig
+from pipeline.evaluate.intervals import Interval, loss_improvement
 from pipeline.train.scoring import sequence_nll
 
 

@@ -20,8 +20,8 @@ from pipeline.config import PipelineConfig
 from pipeline.evaluate.forgetting import ForgettingReport, forgetting_check, load_verified_adapter
 from pipeline.evaluate.gate import GateVerdict, evaluate_gate
 from pipeline.evaluate.plots import forgetting_bars, loss_curves
-from pipeline.track.registry import CANDIDATE, CHAMPION, TAG_TASK_LOSS, fetch_champion, register_adapter
 from pipeline.evaluate.task_eval import TaskEvaluation, evaluate_task, held_out_loss_with_adapter
+from pipeline.track.registry import CANDIDATE, CHAMPION, TAG_TASK_LOSS, fetch_champion, register_adapter
 from pipeline.train.manifest import MANIFEST
 from pipeline.train.results import StepLog
 

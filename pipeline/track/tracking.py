@@ -16,8 +16,8 @@ from mlflow.entities import Experiment, Metric
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PipelineConfig
-from pipeline.validate.snapshot import Snapshot
 from pipeline.train.results import StepLog
+from pipeline.validate.snapshot import Snapshot
 
 
 def run_params(config: PipelineConfig, dataset_hash: str) -> dict[str, str]:

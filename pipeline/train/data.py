@@ -12,18 +12,33 @@ from pipeline.config import PipelineConfig
 def load_training_data(
     data: Path, config: PipelineConfig, *, eval_path: Path | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(train, eval, dataset hash) from a snapshot directory (split as the flow does) or a parquet file."""
+    """(train, eval, dataset hash) from a snapshot directory (its frozen split) or a parquet file."""
     if data.is_dir():
         from pipeline.validate.snapshot import load_snapshot
-        from pipeline.validate.split import split_train_eval
 
         if eval_path is not None:
-            raise ValueError("--eval-data is only for a parquet DATA; a snapshot is split by its own hash")
+            raise ValueError("--eval-data is only for a parquet DATA; a snapshot carries its own train/eval split")
         snap = load_snapshot(data)
-        train_df, eval_df = split_train_eval(snap.records, config.data.eval_fraction, snap.hash)
+        _check_split_settings(snap.path, snap.meta.get("split", {}), config)
+        train_df, eval_df = snap.split()
         return train_df, eval_df, snap.hash
     if not data.is_file():
         raise FileNotFoundError(f"training data {data} is neither a snapshot directory nor a parquet file")
     train_df = pd.read_parquet(data)
     eval_df = pd.read_parquet(eval_path) if eval_path is not None else train_df.iloc[:0]
     return train_df, eval_df, f"file:{data.name}"
+
+
+def _check_split_settings(path: Path, split: dict[str, object], config: PipelineConfig) -> None:
+    """A config whose split settings differ from the snapshot's would silently train on a different split
+    than the one the flow evaluates: say so instead."""
+    wanted = {
+        "eval_fraction": config.data.eval_fraction,
+        "near_duplicate_threshold": config.validation.near_duplicate_threshold,
+    }
+    differ = [f"{k}: snapshot {split[k]} vs config {v}" for k, v in wanted.items() if k in split and split[k] != v]
+    if differ:
+        raise ValueError(
+            f"snapshot {path} was split with other settings than the config ({'; '.join(differ)}); "
+            "use the config the snapshot was pulled with, or pull again to write a snapshot split with these"
+        )

@@ -304,5 +304,3 @@ def _eval_loss(
         loss = mean_token_loss(scores)
     barrier(env)
     return loss
-
-

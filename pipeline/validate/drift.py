@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -14,17 +12,6 @@ from pipeline.validate.text_checks import as_text, normalize_arrow
 # Vocabulary is compared on a deterministic sample: the share of unseen words is stable long before
 # a million rows, and splitting every word of two big snapshots would dominate validation time.
 VOCAB_SAMPLE_ROWS = 50_000
-
-
-def latest_snapshot(snapshots_root: str | Path) -> Path | None:
-    """The newest snapshot directory under `snapshots_root` (names start with their UTC time), or None."""
-    root = Path(snapshots_root)
-    if not root.is_dir():
-        return None
-    dirs = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "snapshot.json").is_file()
-    )
-    return dirs[-1] if dirs else None
 
 
 def category_shift(current: pd.Series, previous: pd.Series) -> float:

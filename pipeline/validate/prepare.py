@@ -10,9 +10,9 @@ import pandas as pd
 from pipeline.chat_format import load_tokenizer
 from pipeline.config import PipelineConfig
 from pipeline.ingest.pull import Pull
+from pipeline.ingest.reconcile import Reconciliation, reconcile
 from pipeline.ingest.task_store import prune_task_store
 from pipeline.validate.checks import ValidationResult, chat_token_counter, validate_records
-from pipeline.validate.reconcile import Reconciliation, reconcile
 from pipeline.validate.report import failure_table, validation_markdown, write_failure_table
 from pipeline.validate.snapshot import Snapshot, write_snapshot
 

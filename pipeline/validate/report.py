@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from pipeline.validate.reconcile import Reconciliation
+from pipeline.ingest.reconcile import Reconciliation
 from schemas.pairs import FIX_HINTS
 
 if TYPE_CHECKING:

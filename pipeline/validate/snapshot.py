@@ -178,3 +178,14 @@ def load_snapshot(path: str | Path) -> Snapshot:
             f"snapshot {p} is corrupted: content hash {digest[:12]} != recorded {str(meta.get('hash'))[:12]}"
         )
     return Snapshot(path=p, hash=digest, records=records, meta=meta)
+
+
+def latest_snapshot(snapshots_root: str | Path) -> Path | None:
+    """The newest snapshot directory under `snapshots_root` (names start with their UTC time), or None."""
+    root = Path(snapshots_root)
+    if not root.is_dir():
+        return None
+    dirs = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "snapshot.json").is_file()
+    )
+    return dirs[-1] if dirs else None
