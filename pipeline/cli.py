@@ -170,8 +170,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from pipeline.config import Settings, load_config
     from pipeline.ingest.export_file import pull_export_file
-    from pipeline.validate.feedback import feedback_for_snapshot
     from pipeline.ingest.pull import pull_project
+    from pipeline.validate.feedback import feedback_for_snapshot
     from pipeline.validate.prepare import prepare_dataset
 
     cfg = load_config(args.config).labelstudio

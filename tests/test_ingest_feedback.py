@@ -10,8 +10,8 @@ from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
 from pipeline.ingest.client import ensure_project, import_tasks, raw_get, submit_annotation
-from pipeline.validate.feedback import MARKER_KEY, FeedbackResult, marked_tasks, send_feedback
 from pipeline.ingest.pull import pull_project
+from pipeline.validate.feedback import MARKER_KEY, FeedbackResult, marked_tasks, send_feedback
 from pipeline.validate.prepare import prepare_dataset
 
 pytestmark = pytest.mark.slow
