@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline import sample_data
+from pipeline.demo import sample_data
 from pipeline.demo.sample_data import CATEGORIES, ROUTES, sample_corpus, sample_pairs
 
 SENTENCE_END = re.compile(r"[.!?](?=\s|$)")  # "$9.50" and "09:30" are not sentence ends
