@@ -220,7 +220,7 @@ def worker_trl(work: Path, shape: Shape, *, padding_free: bool) -> dict[str, Any
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.chat_format import _messages, load_tokenizer
+    from pipeline.chat_format import load_tokenizer, pair_messages
     from pipeline.train.throughput import model_flops_utilization
 
     train_df = pd.read_parquet(work / "train.parquet")
@@ -228,7 +228,7 @@ def worker_trl(work: Path, shape: Shape, *, padding_free: bool) -> dict[str, Any
     # The user turn is built exactly as our recipe builds it (context, blank line, prompt).
     ds = Dataset.from_list(
         [
-            {"prompt": _messages(row), "completion": [{"role": "assistant", "content": row.response}]}
+            {"prompt": pair_messages(row), "completion": [{"role": "assistant", "content": row.response}]}
             for row in train_df.itertuples(index=False)
         ]
     )

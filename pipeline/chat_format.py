@@ -42,7 +42,8 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _messages(row: Any) -> list[dict[str, str]]:
+def pair_messages(row: Any) -> list[dict[str, str]]:
+    """The prompt side of a pair as chat messages: system (if any), then user (context above the prompt)."""
     msgs = []
     system = getattr(row, "system", None)
     if isinstance(system, str) and system:
@@ -63,7 +64,7 @@ def chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
 def render(tokenizer: PreTrainedTokenizerBase, row: Any) -> tuple[str, str]:
     """(prompt text ending with the generation prompt, full text with the response)."""
     template = chat_template(tokenizer)
-    msgs = _messages(row)
+    msgs = pair_messages(row)
     prompt_text = tokenizer.apply_chat_template(
         msgs, chat_template=template, tokenize=False, add_generation_prompt=True
     )
@@ -94,7 +95,11 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, row: Any) -> Example:
 
 def build_examples(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, max_length: int) -> list[Example]:
     """Tokenize every record; rows that are too long or have no response token stop the run by task id."""
-    examples = [encode_pair(tokenizer, row) for row in records.itertuples(index=False)]
+    return check_examples([encode_pair(tokenizer, row) for row in records.itertuples(index=False)], max_length)
+
+
+def check_examples(examples: list[Example], max_length: int) -> list[Example]:
+    """Stop on rows that are too long or have no response token, naming their task ids."""
     too_long = [e.task_id for e in examples if len(e.input_ids) > max_length]
     if too_long:
         raise ValueError(

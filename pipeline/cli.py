@@ -225,6 +225,16 @@ def add_labelstudio_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
     pull.set_defaults(func=_cmd_pull)
 
 
+def _cmd_export_dataset(args: argparse.Namespace) -> int:
+    from pipeline.validate.dataset_export import export_dataset
+
+    out = export_dataset(args.snapshot, args.format, args.out, push_to_hub=args.push_to_hub)
+    print(f"snapshot {args.snapshot} exported as {args.format} to {out}")
+    if args.push_to_hub:
+        print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="lora-pipeline", description=__doc__)
@@ -271,6 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--merged", type=Path, required=True, help="output directory for the merged model")
     ex.add_argument("--base-model", help="override the base model recorded in the adapter's manifest")
     ex.set_defaults(func=_cmd_export)
+
+    exd = sub.add_parser(
+        "export-dataset", help="write a snapshot's train/eval pairs for other tools (hf, chat-jsonl, sharegpt, alpaca)"
+    )
+    exd.add_argument("snapshot", type=Path, help="snapshot directory")
+    exd.add_argument(
+        "--format",
+        required=True,
+        choices=["hf", "chat-jsonl", "sharegpt", "alpaca"],
+        help="hf: datasets.load_from_disk; chat-jsonl: {'messages': [...]} (TRL, axolotl); sharegpt; alpaca",
+    )
+    exd.add_argument("out", type=Path, help="new output directory")
+    exd.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict (private) with $HF_TOKEN")
+    exd.set_defaults(func=_cmd_export_dataset)
 
     add_labelstudio_parser(sub)
     return p

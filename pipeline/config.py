@@ -75,6 +75,12 @@ class DataConfig(_Strict):
     # Examples longer than this (prompt + response, in base-model tokens) stop the run
     # with their task ids instead of being truncated silently.
     max_length: int = Field(default=256, ge=16)
+    # Tokenized examples are cached as Arrow by (rows, tokenizer, chat template, max_length), so a sweep
+    # or a rerun tokenizes once (pipeline/train/tokenized.py). Dir None: $XDG_CACHE_HOME/lora-pipeline/tokenized.
+    tokenize_cache: bool = True
+    tokenize_cache_dir: str | None = None
+    # Worker processes for tokenizing (used from 10,000 rows up).
+    tokenize_num_proc: int = Field(default=1, ge=1)
 
 
 class LoraConfig(_Strict):

@@ -114,7 +114,7 @@ def test_write_snapshot_files_and_meta(tmp_path: Path) -> None:
     assert snap.path.parent == tmp_path / "snaps"
     assert snap.path.name.endswith(snap.hash[:12])
     names = {p.name for p in snap.path.iterdir()}
-    assert names == {"snapshot.parquet", "quarantine.parquet", "snapshot.json", "validation_report.md"}
+    assert names == {"snapshot.parquet", "quarantine.parquet", "snapshot.json", "validation_report.md", "hf"}
     assert not list((tmp_path / "snaps").glob(".tmp-snapshot-*"))
     assert [p.name for p in (tmp_path / "snaps").iterdir()] == [snap.path.name]
 

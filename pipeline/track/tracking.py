@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import PipelineConfig
 from pipeline.train.results import StepLog
+from pipeline.validate.hf_dataset import HF_DIR, load_hf_dataset
 from pipeline.validate.snapshot import Snapshot
 
 
@@ -78,14 +79,33 @@ def start_run(
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in run_params(config, snapshot.hash).items()])
     with mlflow.start_run(run_id=run_id):
-        dataset = mlflow.data.from_pandas(
+        for dataset, context in snapshot_inputs(snapshot):
+            mlflow.log_input(dataset, context=context)
+    return run_id
+
+
+def snapshot_inputs(snapshot: Snapshot) -> list[tuple[Any, str]]:
+    """The run's dataset inputs: the snapshot's train and eval splits as Hugging Face datasets, digest = the
+    snapshot hash, so the run page lists both and links them to the same snapshot."""
+    hf_dir = snapshot.path / HF_DIR
+    if not hf_dir.is_dir():  # a snapshot written before snapshots carried hf/: the parquet rows
+        frame = mlflow.data.from_pandas(
             snapshot.records,
             source=str(snapshot.parquet_path),
             name=f"snapshot-{snapshot.hash[:12]}",
             digest=snapshot.hash[:36],
         )
-        mlflow.log_input(dataset, context="training")
-    return run_id
+        return [(frame, "training")]
+    ds = load_hf_dataset(snapshot.path)
+    return [
+        (
+            mlflow.data.from_huggingface(
+                ds[split], source=str(hf_dir), name=f"snapshot-{snapshot.hash[:12]}-{split}", digest=snapshot.hash[:36]
+            ),
+            context,
+        )
+        for split, context in (("train", "training"), ("eval", "evaluation"))
+    ]
 
 
 class StepLogger:

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch
 from peft import PeftModel
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from pipeline.chat_format import IGNORE_INDEX, Example, build_examples, load_tokenizer
 from pipeline.config import PipelineConfig, TrainConfig
@@ -50,6 +50,7 @@ from pipeline.train.packing import make_batch
 from pipeline.train.results import StepLog, TrainResult
 from pipeline.train.scoring import mean_token_loss, sequence_nll
 from pipeline.train.throughput import model_flops_utilization, peak_memory
+from pipeline.train.tokenized import tokenize_cached
 
 # Most logits values one chunk of the loss holds: 16M (64 MiB in fp32); on CUDA 64M, where bigger chunks keep
 # the LM-head matmuls efficient.
@@ -105,8 +106,8 @@ def train_adapter(
     device = local_device(device, env)
     seed_everything(t.seed)
     tokenizer = load_tokenizer(config.base_model)
-    train_ex = build_examples(tokenizer, train_records, config.data.max_length)
-    eval_ex = build_examples(tokenizer, eval_records, config.data.max_length) if not eval_records.empty else []
+    train_ex = _tokenize(tokenizer, train_records, config)
+    eval_ex = _tokenize(tokenizer, eval_records, config) if not eval_records.empty else []
     pad_id = int(tokenizer.pad_token_id)
     # Flash-attn's varlen kernel takes a whole packed micro-batch as one row; sdpa/eager build a
     # block-diagonal mask whose cost grows with row length², so their rows stop at data.max_length.
@@ -272,6 +273,16 @@ def train_adapter(
     )
 
 
+def _tokenize(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, config: PipelineConfig) -> Sequence[Example]:
+    """Examples for `records`, from the tokenization cache when it is on."""
+    d = config.data
+    if not d.tokenize_cache:
+        return build_examples(tokenizer, records, d.max_length)
+    return tokenize_cached(
+        tokenizer, records, d.max_length, cache_dir=d.tokenize_cache_dir, num_proc=d.tokenize_num_proc
+    )
+
+
 def _label_tokens(ex: Example) -> int:
     # Labels are scored shifted by one, so the first position never counts.
     return sum(1 for label in ex.labels[1:] if label != IGNORE_INDEX)
@@ -293,7 +304,7 @@ def _check_resumable(state: dict[str, Any], config: PipelineConfig, dataset_hash
 
 
 def _eval_loss(
-    model: PeftModel, eval_ex: list[Example], pad_id: int, batch_size: int, device: torch.device, env: DistEnv
+    model: PeftModel, eval_ex: Sequence[Example], pad_id: int, batch_size: int, device: torch.device, env: DistEnv
 ) -> float:
     """Token-weighted held-out loss, on the main rank (the unwrapped model: no collectives inside)."""
     loss = float("nan")

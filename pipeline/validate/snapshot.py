@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.validate.hf_dataset import HF_DIR, write_hf_dataset
 from pipeline.validate.split import DEFAULT_NEAR_DUPLICATE_THRESHOLD, split_train_eval
 
 # The columns that define what the model learns from; the hash covers exactly these.
@@ -119,7 +120,8 @@ def write_snapshot(
     eval_fraction: float = DEFAULT_EVAL_FRACTION,
     near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
 ) -> Snapshot:
-    """Write `out_root/<UTC time>-<hash12>/` with snapshot.parquet, quarantine.parquet, snapshot.json and the report.
+    """Write `out_root/<UTC time>-<hash12>/` with snapshot.parquet, quarantine.parquet, snapshot.json, the report
+    and `hf/`, the same rows as a Hugging Face DatasetDict (train/eval) with its dataset card.
 
     The train/eval split is computed here, once (`frozen_split`), and stored as the `is_eval` column.
     Every pull gets its own directory (its quarantine and counts are its own even when the
@@ -157,6 +159,7 @@ def write_snapshot(
         )
         (tmp / "snapshot.json").write_text(json.dumps(full_meta, indent=2, default=str))
         (tmp / "validation_report.md").write_text(report_markdown)
+        write_hf_dataset(tmp / HF_DIR, records.drop(columns=SPLIT_COLUMN), records[SPLIT_COLUMN], full_meta)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
