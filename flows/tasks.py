@@ -13,14 +13,14 @@ from prefect.tasks import Task, exponential_backoff
 
 from pipeline.config import PipelineConfig, Settings
 from pipeline.ingest.client import LabelStudioError
-from pipeline.ingest.pull import Pull, pull_project
+from pipeline.ingest.pull import Pull, pull_project, pull_summary
 from pipeline.track import tracking
 from pipeline.track.promotion import Assessment, assess_adapter, promote, write_artifacts
 from pipeline.train.recipe import train_adapter
 from pipeline.train.results import TrainResult
 from pipeline.validate.prepare import PreparedDataset, prepare_dataset
 from pipeline.validate.report import validation_summary
-from pipeline.validate.snapshot import latest_snapshot, load_snapshot
+from pipeline.validate.snapshot import previous_snapshot
 
 
 def _retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -38,16 +38,7 @@ def _retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
 def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, full: bool = False) -> Pull:
     """Pull the configured Label Studio project (incrementally from the last snapshot under `snapshots_root`)."""
     pull = pull_project(Settings(), config.labelstudio, snapshots_root=snapshots_root, full=full)
-    get_run_logger().info(
-        "pulled %d tasks from Label Studio project %d (%s): %s pull, %s changed (%s only in their drafts), %s deleted",
-        pull.normalized.tasks_seen,
-        pull.project.id,
-        pull.project.title,
-        pull.source.get("mode"),
-        pull.source.get("tasks_changed"),
-        pull.source.get("tasks_drafts_changed"),
-        pull.source.get("tasks_deleted"),
-    )
+    get_run_logger().info("%s", pull_summary(pull))
     return pull
 
 
@@ -69,9 +60,7 @@ _ARTIFACT_MAX_ROWS = 1000
 @task
 def validate_and_snapshot(pull: Pull, snapshots_root: str, config: PipelineConfig) -> PreparedDataset:
     """Validate, reconcile and snapshot; publish the report and the failure table (see stop_on_validation_errors)."""
-    previous_dir = latest_snapshot(snapshots_root)
-    previous = load_snapshot(previous_dir) if previous_dir is not None else None
-    prepared = prepare_dataset(pull, snapshots_root, config, previous)
+    prepared = prepare_dataset(pull, snapshots_root, config, previous_snapshot(snapshots_root))
     logger = get_run_logger()
     logger.info("reconciliation:\n%s", prepared.reconciliation.table())
     logger.info("validation:\n%s", validation_summary(prepared.validation))

@@ -7,12 +7,18 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from pipeline.ingest.client import LabelStudioError
 from pipeline.ingest.reconcile import ReconciliationError
 from pipeline.ingest.server import LabelStudioStartError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from pipeline.config import PipelineConfig
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -35,7 +41,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.chat_format import load_tokenizer
     from pipeline.config import load_config
     from pipeline.validate.checks import chat_token_counter, validate_records
     from pipeline.validate.report import validation_summary
@@ -43,15 +48,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     snap = load_snapshot(args.snapshot)
     config = load_config(args.config, base_model=args.base_model)
-    counter = None
-    if not args.no_token_checks:
-        try:
-            counter = chat_token_counter(load_tokenizer(config.base_model))
-        except OSError as e:
-            raise ValueError(
-                f"cannot load the tokenizer of base model {config.base_model!r} ({e.__class__.__name__}); "
-                "pass --base-model DIR_OR_ID, or --no-token-checks to skip the token-length checks"
-            ) from None
+    counter = None if args.no_token_checks else chat_token_counter(_tokenizer_or_error(config))
     if args.previous is not None:
         previous = load_snapshot(args.previous)
     else:
@@ -70,6 +67,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"compared with previous snapshot {previous.path.name}")
     print(validation_summary(result))
     return 0 if result.quarantined.empty and not result.errors else 1
+
+
+def _tokenizer_or_error(config: PipelineConfig) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer for the token-length checks, or a one-line error saying what to pass."""
+    from pipeline.chat_format import load_tokenizer
+
+    try:
+        return load_tokenizer(config.base_model)
+    except OSError as e:
+        raise ValueError(
+            f"cannot load the tokenizer of base model {config.base_model!r} ({e.__class__.__name__}); "
+            "pass --base-model DIR_OR_ID, or --no-token-checks to skip the token-length checks"
+        ) from None
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
@@ -170,27 +180,25 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from pipeline.config import Settings, load_config
     from pipeline.ingest.export_file import pull_export_file
-    from pipeline.ingest.pull import pull_project
+    from pipeline.ingest.pull import pull_project, pull_summary
     from pipeline.validate.feedback import feedback_for_snapshot
     from pipeline.validate.prepare import prepare_dataset
+    from pipeline.validate.snapshot import previous_snapshot
 
-    cfg = load_config(args.config).labelstudio
+    config = load_config(args.config, base_model=args.base_model)
+    cfg = config.labelstudio
     snapshots = Path(args.work_dir) / "snapshots"
+    if not args.no_token_checks:
+        _tokenizer_or_error(config)  # before pulling: a missing tokenizer should not cost a pull
     if args.export_file:
         pull = pull_export_file(args.export_file, cfg)
     else:
         pull = pull_project(Settings(), cfg, snapshots_root=snapshots, full=args.full)
-    # Without a tokenizer the token-length check is skipped; `lora-pipeline run` applies it.
-    prepared = prepare_dataset(pull, snapshots)
-    src = pull.source
-    print(f"{src.get('mode', 'file')} pull of {src.get('url') or src.get('path')} project {pull.project.id}")
-    if src.get("mode") == "incremental":
-        reused = pull.normalized.tasks_seen - src["tasks_normalized"]
-        drafts = f" ({src['tasks_drafts_changed']} only in their drafts)" if src.get("tasks_drafts_changed") else ""
-        print(
-            f"{src['tasks_changed']} tasks changed{drafts}, {src['tasks_deleted']} deleted, "
-            f"{reused} reused from the last pull"
-        )
+    # The same checks, thresholds, policies, split and drift baseline as the flow's validate_and_snapshot.
+    prepared = prepare_dataset(
+        pull, snapshots, config, previous_snapshot(snapshots), token_checks=not args.no_token_checks
+    )
+    print(pull_summary(pull))
     print(prepared.reconciliation.table())
     print(f"snapshot: {prepared.snapshot.path}")
     if args.export_file is None and cfg.feedback and not args.no_feedback:
@@ -222,6 +230,8 @@ def add_labelstudio_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
     pull.add_argument("--full", action="store_true", help="ignore the watermark and fetch every task")
     pull.add_argument("--export-file", type=Path, help="read a Label Studio JSON export file instead of the API")
     pull.add_argument("--no-feedback", action="store_true", help="do not mark failing tasks in Label Studio")
+    pull.add_argument("--base-model", help="tokenizer for the token-length checks (default: the config's base_model)")
+    pull.add_argument("--no-token-checks", action="store_true", help="skip the token-length checks (no tokenizer)")
     pull.set_defaults(func=_cmd_pull)
 
 

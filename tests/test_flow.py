@@ -81,7 +81,12 @@ def test_flow_end_to_end_logs_a_complete_run(
     assert m["data_tasks_seen"] == 80 and m["data_rows_quarantined"] == 3 and m["data_tasks_unusable"] == 3
     assert run.data.tags["label_studio_project"] == str(seeded.project.id)
     assert run.data.tags["prefect_flow_run_id"]
-    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == p["dataset_hash"][:36]
+    inputs = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in run.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"training", "evaluation"}  # the snapshot's two splits, as Hugging Face datasets
+    assert {d.digest for d in inputs.values()} == {p["dataset_hash"][:36]}
+    assert {d.source_type for d in inputs.values()} == {"local"}
 
     files = {f.path for d in ("adapter", "validation", "evaluation") for f in ml.list_artifacts(outcome.run_id, d)}
     assert {

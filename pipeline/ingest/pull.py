@@ -187,3 +187,21 @@ def pull_project(
     # Only the URL and ids: the API key never enters metadata, logs or artifacts.
     pulled = pull_tasks(client, settings.label_studio_url, project.id, cfg, snapshots_root=snapshots_root, full=full)
     return Pull(project=project, source=pulled.source, normalized=pulled.normalized)
+
+
+def pull_summary(pull: Pull) -> str:
+    """One line on what a pull fetched, with only the counts its mode has (no `None`s)."""
+    src = pull.source
+    where = src.get("url") or src.get("path") or "?"
+    line = (
+        f"{src.get('mode', 'file')} pull of {where} project {pull.project.id} ({pull.project.title}): "
+        f"{pull.normalized.tasks_seen} tasks"
+    )
+    if src.get("mode") == "incremental":
+        reused = pull.normalized.tasks_seen - int(src.get("tasks_normalized", 0))
+        drafts = f" ({src['tasks_drafts_changed']} only in their drafts)" if src.get("tasks_drafts_changed") else ""
+        line += (
+            f"; {src.get('tasks_changed', 0)} changed{drafts}, {src.get('tasks_deleted', 0)} deleted, "
+            f"{reused} reused from the last pull"
+        )
+    return line

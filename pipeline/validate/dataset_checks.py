@@ -68,7 +68,7 @@ def balance_checks(records: pd.DataFrame, cfg: ValidationConfig) -> list[Dataset
             counts.empty or low >= cfg.min_rows_per_category,
             cfg.policy("category_min_rows"),
             f"smallest category {low_name!r} has {low} rows (minimum {cfg.min_rows_per_category}); "
-            f"counts: {dict(counts.astype(int))}",
+            f"counts: {', '.join(f'{k} {int(v)}' for k, v in counts.items())}",
             float(low),
             float(cfg.min_rows_per_category),
         ),

@@ -31,15 +31,17 @@ def prepare_dataset(
     snapshots_root: str | Path,
     config: PipelineConfig | None = None,
     previous: Snapshot | None = None,
+    *,
+    token_checks: bool = True,
 ) -> PreparedDataset:
     """Validate the pulled records, reconcile the counts and write the snapshot with its report and failure table.
 
     With a config, token lengths are counted with its base model's tokenizer (as training will) and its
     validation thresholds, policies and split settings apply; `previous` enables the drift checks. The snapshot is written
     even when a check with policy `error` failed, so the report can be read; callers stop before training
-    with `validation.raise_for_errors()`.
+    with `validation.raise_for_errors()`. `token_checks=False` skips the token-length checks (no tokenizer).
     """
-    counter = chat_token_counter(load_tokenizer(config.base_model)) if config is not None else None
+    counter = chat_token_counter(load_tokenizer(config.base_model)) if config is not None and token_checks else None
     validation = validate_records(
         pull.normalized.records,
         pull.project.categories,

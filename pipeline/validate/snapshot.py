@@ -192,3 +192,9 @@ def latest_snapshot(snapshots_root: str | Path) -> Path | None:
         p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "snapshot.json").is_file()
     )
     return dirs[-1] if dirs else None
+
+
+def previous_snapshot(snapshots_root: str | Path) -> Snapshot | None:
+    """The newest snapshot under `snapshots_root`, loaded (the drift checks compare against it), or None."""
+    newest = latest_snapshot(snapshots_root)
+    return load_snapshot(newest) if newest is not None else None
