@@ -91,8 +91,14 @@ def validation_summary(result: ValidationResult) -> str:
         f"{'rows passed':<34}{len(result.valid):>8}",
         f"{'rows quarantined':<34}{q['task_id'].nunique():>8}",
     ]
-    for check, n in sorted(q.drop_duplicates(["task_id", "check"])["check"].value_counts().items()):
-        lines.append(f"{'  ' + str(check):<34}{n:>8}")
+    # Each quarantined row counts once, under its first failing check, as in the reconciliation table;
+    # rows that also failed a check are noted beside it, so the two tables always agree.
+    first = q.drop_duplicates("task_id")["check"].value_counts()
+    every = q.drop_duplicates(["task_id", "check"])["check"].value_counts()
+    for check in sorted(every.index, key=str):
+        n, also = int(first.get(check, 0)), int(every[check]) - int(first.get(check, 0))
+        note = f"  (+{also} counted under another check)" if also else ""
+        lines.append(f"{'  ' + str(check):<34}{n:>8}{note}")
     lines.append(f"{'rows with warnings (kept)':<34}{w['task_id'].nunique():>8}")
     for check, n in sorted(w.drop_duplicates(["task_id", "check"])["check"].value_counts().items()):
         lines.append(f"{'  ' + str(check):<34}{n:>8}")
