@@ -7,6 +7,7 @@ One room per stage, in the order data flows (docs/architecture.md has the diagra
 - `train/`     chat formatting into tokens, packing, loss, checkpoints, DDP, the LoRA recipe, merge.
 - `evaluate/`  forgetting (lm-eval harness + our backend), task eval, paired intervals, gate, plots.
 - `track/`     MLflow runs, the model registry, promotion.
+- `serve/`     adapters answering prompts: registry/dir resolution, chat generation (`lora-pipeline chat`).
 - `demo/`      the offline demo: tiny model, sample data, runner (no other room imports it).
 
 `config.py`, `chat_format.py`, `jsonl.py` and `cli.py` are shared by all rooms. Imports point

@@ -245,6 +245,44 @@ def _cmd_export_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.config import Settings, load_config
+    from pipeline.serve.adapter_source import resolve_adapter
+    from pipeline.serve.chat import answer, load_chat_model
+
+    config = load_config(args.config)
+    ref = args.adapter or f"models:/{config.gate.registered_model}@champion"
+    with tempfile.TemporaryDirectory(prefix="lora-chat-") as tmp:
+        source = resolve_adapter(ref, tracking_uri=Settings().mlflow_tracking_uri, dest=tmp)
+        chat = load_chat_model(source, base_only=args.base, device=args.device)
+        print(f"[{chat.label}]", file=sys.stderr)
+
+        def ask(prompt: str) -> None:
+            answer(
+                chat,
+                prompt,
+                system=args.system,
+                max_new_tokens=args.max_new_tokens,
+                on_text=lambda s: print(s, end="", flush=True),
+            )
+            print(flush=True)
+
+        if args.prompt is not None:
+            ask(args.prompt)
+            return 0
+        print("type a question; an empty line or Ctrl-D ends the chat", file=sys.stderr)
+        while True:
+            try:
+                prompt = input("> ")
+            except EOFError:
+                return 0
+            if not prompt.strip():
+                return 0
+            ask(prompt)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="lora-pipeline", description=__doc__)
@@ -305,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     exd.add_argument("out", type=Path, help="new output directory")
     exd.add_argument("--push-to-hub", metavar="REPO", help="also push the DatasetDict (private) with $HF_TOKEN")
     exd.set_defaults(func=_cmd_export_dataset)
+
+    chat = sub.add_parser("chat", help="talk to an adapter (a directory or models:/NAME@ALIAS), or to its base")
+    chat.add_argument(
+        "--adapter", help="adapter directory or models:/NAME@ALIAS|/VERSION (default: the config's model @champion)"
+    )
+    chat.add_argument("--prompt", help="answer this one prompt and exit (default: interactive)")
+    chat.add_argument("--system", help="system message, as in the training data")
+    chat.add_argument("--base", action="store_true", help="answer with the adapter's base model alone, to compare")
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    chat.add_argument("--config", help="YAML config (the registered model name for the default adapter)")
+    chat.set_defaults(func=_cmd_chat)
 
     add_labelstudio_parser(sub)
     return p

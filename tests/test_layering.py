@@ -18,7 +18,7 @@ import pytest
 import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "validate", "train", "evaluate", "track", "demo")
+STAGES = ("ingest", "validate", "train", "evaluate", "track", "serve", "demo")
 
 # (room, forbidden module prefixes). A prefix matches the module itself and its submodules.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
@@ -48,7 +48,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     ),
     "train": ("mlflow", "prefect", "flows", "pipeline.evaluate", "pipeline.track", "pipeline.demo"),
     "evaluate": ("mlflow", "prefect", "flows", "pipeline.train.recipe", "pipeline.track", "pipeline.demo"),
-    "track": ("prefect", "flows", "pipeline.demo"),
+    "track": ("prefect", "flows", "pipeline.serve", "pipeline.demo"),
+    "serve": ("prefect", "flows", "pipeline.train.recipe", "pipeline.evaluate", "pipeline.demo"),
     "demo": ("prefect", "flows"),
 }
 # Single modules with a tighter rule than their room.

@@ -1,0 +1,93 @@
+"""`lora-pipeline chat`: load a base (and an adapter, checked against it) and answer with the training chat template.
+
+Answers are greedy (the same decoding as the evaluation's side-by-side table) and streamed as they are
+generated; the returned text is the decoded completion, identical to `greedy_generate` on the same prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase, TextIteratorStreamer
+
+from pipeline.chat_format import load_tokenizer, render
+from pipeline.serve.adapter_source import AdapterSource
+from pipeline.train.manifest import check_manifest_matches
+from pipeline.train.modeling import load_base_model, resolve_device
+
+
+@dataclass
+class ChatModel:
+    """A loaded model ready to answer: the base alone, or the base with its adapter."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    label: str
+
+
+def load_chat_model(source: AdapterSource, *, base_only: bool = False, device: str = "auto") -> ChatModel:
+    """The adapter's base, with the adapter applied unless `base_only`; refuses an adapter of another base."""
+    dev = resolve_device(device)  # type: ignore[arg-type]
+    tokenizer = load_tokenizer(source.base_model)
+    base = load_base_model(source.base_model, dev)
+    check_manifest_matches({"base_model": source.base_fingerprint}, source.base_model, base, tokenizer)
+    if base_only:
+        return ChatModel(base.eval(), tokenizer, f"base {source.base_model}")
+    model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
+    return ChatModel(model, tokenizer, source.description)
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | None = None) -> str:
+    """The prompt as training rendered it: chat template, generation prompt last."""
+    if not prompt.strip():
+        raise ValueError("the prompt is empty; type a question")
+    row = SimpleNamespace(prompt=prompt, response="", system=system, context=None)
+    return render(tokenizer, row)[0]
+
+
+@torch.no_grad()
+def answer(
+    chat: ChatModel,
+    prompt: str,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 128,
+    on_text: Callable[[str], Any] | None = None,
+) -> str:
+    """Greedy answer to `prompt`; pieces of text go to `on_text` as they are generated."""
+    tok = chat.tokenizer
+    device = next(chat.model.parameters()).device
+    ids = torch.tensor([tok(prompt_text(tok, prompt, system), add_special_tokens=False)["input_ids"]], device=device)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["ids"] = chat.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                streamer=streamer,
+            )
+        except BaseException as e:  # surfaced in the caller's thread below
+            result["error"] = e
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    for piece in streamer:
+        if on_text is not None and piece:
+            on_text(piece)
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    return tok.decode(result["ids"][0, ids.shape[1] :], skip_special_tokens=True).strip()
