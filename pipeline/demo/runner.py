@@ -102,6 +102,12 @@ def promotion_summary(
         aliases = ", ".join(f"`{a}`" for a in version.aliases) or "none"
         lines.append(f"promotion gate: PASS; registered {model_name} version {version.version}, alias {aliases}")
         lines += [f"  load it with:  models:/{model_name}@{a}" for a in version.aliases]
+        if version.aliases:
+            chat = Path(sys.executable).parent / "lora-pipeline"
+            lines.append(
+                f"  talk to it:    MLFLOW_TRACKING_URI={tracking_uri} {chat} chat "
+                f"--adapter models:/{model_name}@{version.aliases[0]} [--prompt '...'] [--base]"
+            )
     else:
         lines.append(f"promotion gate: FAIL ({', '.join(failed)}); this run registered nothing (rules: gate_report.md)")
         if "beats_champion" in failed:
