@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from pipeline.chat_format import build_examples, render
 from pipeline.config import PipelineConfig
 from pipeline.evaluate.intervals import Interval, loss_improvement
-from pipeline.train.scoring import sequence_nll
+from pipeline.train.scoring import greedy_ids, sequence_nll
 
 
 def _words(text: str) -> list[str]:
@@ -65,14 +65,7 @@ def greedy_generate(
     out: list[str] = []
     for prompt in prompts:
         ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)  # (1, T)
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        gen = greedy_ids(model, tokenizer, ids, max_new_tokens)
         out.append(tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).strip())
     model.train(was_training)
     return out

@@ -20,6 +20,7 @@ from pipeline.chat_format import load_tokenizer, render
 from pipeline.serve.adapter_source import AdapterSource
 from pipeline.train.manifest import check_manifest_matches
 from pipeline.train.modeling import load_base_model, resolve_device
+from pipeline.train.scoring import greedy_ids
 
 
 @dataclass
@@ -69,15 +70,7 @@ def answer(
 
     def run() -> None:
         try:
-            result["ids"] = chat.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                streamer=streamer,
-            )
+            result["ids"] = greedy_ids(chat.model, tok, ids, max_new_tokens, streamer)
         except BaseException as e:  # surfaced in the caller's thread below
             result["error"] = e
             streamer.end()

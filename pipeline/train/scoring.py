@@ -1,12 +1,15 @@
-"""Batched token log-likelihood scoring, shared by training's eval loss and the forgetting check."""
+"""Batched token log-likelihood scoring, shared by training's eval loss and the forgetting check, and the
+greedy decoding that evaluation's side-by-side answers and `lora-pipeline chat` share."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
 from pipeline.chat_format import IGNORE_INDEX
 
@@ -132,3 +135,22 @@ def mean_token_loss(scores: Sequence[tuple[float, int]]) -> float:
     if tokens == 0:
         raise ValueError("no tokens to score")
     return total / tokens
+
+
+def greedy_ids(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    streamer: Any = None,
+) -> torch.Tensor:
+    """Greedy continuation of one (1, T) prompt; returns the (1, T + new) ids. `streamer` gets tokens as they come."""
+    return model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        streamer=streamer,
+    )
