@@ -68,20 +68,22 @@ def _timed(tok_dir: Path, rows: int, cache: Path, num_proc: int) -> dict[str, fl
 
 
 def _loader_rss(tok_dir: Path, rows: int, cache: Path) -> dict[str, float]:
-    """Peak RSS of a fresh process, above its post-import baseline, that builds the rows frame (what the
+    """Resident memory of a fresh process, above its post-import baseline, that builds the rows frame (what the
     recipe is handed) and loads the examples from a warm cache."""
     code = (
-        "import resource, sys, json\n"
+        "import sys, json\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from bench.dataset_bench import make_rows\n"
         "from pipeline.chat_format import load_tokenizer\n"
         "from pipeline.train.tokenized import tokenize_cached\n"
+        "def rss():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
         "tok = load_tokenizer(sys.argv[1])\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "base = rss()\n"
         "frame = make_rows(int(sys.argv[2]))\n"
         "ex = tokenize_cached(tok, frame, 512, cache_dir=sys.argv[3])\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps({'rows': len(ex), 'baseline_kib': base, 'peak_kib': peak}))\n"
+        "tokens = sum(len(ex[i].input_ids) for i in range(0, len(ex), 97))  # read rows as training does\n"
+        "print(json.dumps({'rows': len(ex), 'baseline_kib': base, 'peak_kib': rss()}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tok_dir), str(rows), str(cache)],
