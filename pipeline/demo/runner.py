@@ -130,7 +130,9 @@ def use_demo_prefect_home(demo_dir: str | Path) -> None:
 
     Call before importing Prefect: it reads its settings on import.
     """
-    os.environ.setdefault("PREFECT_HOME", str(Path(demo_dir).resolve() / "prefect"))
+    root = Path(demo_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)  # Prefect creates its home on import, not its parents
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
 
 
 def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> dict[str, Any]:
