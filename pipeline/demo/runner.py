@@ -133,6 +133,9 @@ def use_demo_prefect_home(demo_dir: str | Path) -> None:
     root = Path(demo_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)  # Prefect creates its home on import, not its parents
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    # The first start of Prefect's ephemeral API server migrates a new database: on 2 busy cores that
+    # takes longer than Prefect's 20 s default, and the demo would fail before its flow starts.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> dict[str, Any]:
