@@ -188,15 +188,15 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     config = load_config(args.config, base_model=args.base_model)
     cfg = config.labelstudio
     snapshots = Path(args.work_dir) / "snapshots"
-    if not args.no_token_checks:
-        _tokenizer_or_error(config)  # before pulling: a missing tokenizer should not cost a pull
+    # Loaded before pulling: a missing tokenizer should not cost a pull.
+    tokenizer = None if args.no_token_checks else _tokenizer_or_error(config)
     if args.export_file:
         pull = pull_export_file(args.export_file, cfg)
     else:
         pull = pull_project(Settings(), cfg, snapshots_root=snapshots, full=args.full)
     # The same checks, thresholds, policies, split and drift baseline as the flow's validate_and_snapshot.
     prepared = prepare_dataset(
-        pull, snapshots, config, previous_snapshot(snapshots), token_checks=not args.no_token_checks
+        pull, snapshots, config, previous_snapshot(snapshots), token_checks=tokenizer is not None, tokenizer=tokenizer
     )
     print(pull_summary(pull))
     print(prepared.reconciliation.table())

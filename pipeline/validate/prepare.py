@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from transformers import PreTrainedTokenizerBase
 
 from pipeline.chat_format import load_tokenizer
 from pipeline.config import PipelineConfig
@@ -33,15 +34,19 @@ def prepare_dataset(
     previous: Snapshot | None = None,
     *,
     token_checks: bool = True,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> PreparedDataset:
     """Validate the pulled records, reconcile the counts and write the snapshot with its report and failure table.
 
     With a config, token lengths are counted with its base model's tokenizer (as training will) and its
     validation thresholds, policies and split settings apply; `previous` enables the drift checks. The snapshot is written
     even when a check with policy `error` failed, so the report can be read; callers stop before training
-    with `validation.raise_for_errors()`. `token_checks=False` skips the token-length checks (no tokenizer).
+    with `validation.raise_for_errors()`. `token_checks=False` skips the token-length checks (no tokenizer); `tokenizer` is the base model's, when the
+    caller has already loaded it.
     """
-    counter = chat_token_counter(load_tokenizer(config.base_model)) if config is not None and token_checks else None
+    counter = None
+    if config is not None and token_checks:
+        counter = chat_token_counter(tokenizer or load_tokenizer(config.base_model))
     validation = validate_records(
         pull.normalized.records,
         pull.project.categories,

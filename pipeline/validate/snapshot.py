@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.validate.hf_dataset import HF_DIR, write_hf_dataset
-from pipeline.validate.split import DEFAULT_NEAR_DUPLICATE_THRESHOLD, split_train_eval
+from pipeline.validate.split import DEFAULT_NEAR_DUPLICATE_THRESHOLD, eval_flags, partition
 
 # The columns that define what the model learns from; the hash covers exactly these.
 HASHED_COLUMNS: tuple[str, ...] = (
@@ -69,10 +69,7 @@ class Snapshot:
                 f"snapshot {self.path} holds out no rows for evaluation (it has {len(self.records)} rows; "
                 "at least 2 are needed to split into train and eval)"
             )
-        ordered = self.pairs.assign(_eval=is_eval).sort_values("task_id", kind="stable")
-        train = ordered[~ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
-        eval_ = ordered[ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
-        return train, eval_
+        return partition(self.pairs, is_eval)
 
 
 def content_hash(records: pd.DataFrame) -> str:
@@ -104,10 +101,7 @@ def frozen_split(records: pd.DataFrame, eval_fraction: float, near_duplicate_thr
     category, seeded by the rows' content hash; nothing is held out from fewer than 2 rows."""
     if len(records) < 2:
         return np.zeros(len(records), dtype=bool)
-    _, eval_ = split_train_eval(
-        records, eval_fraction, content_hash(records), near_duplicate_threshold=near_duplicate_threshold
-    )
-    return records["task_id"].isin(eval_["task_id"]).to_numpy()
+    return eval_flags(records, eval_fraction, content_hash(records), near_duplicate_threshold=near_duplicate_threshold)
 
 
 def write_snapshot(

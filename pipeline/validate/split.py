@@ -50,6 +50,32 @@ def split_groups(records: pd.DataFrame, eval_fraction: float, seed_hex: str, gro
     return is_eval
 
 
+def eval_flags(
+    records: pd.DataFrame,
+    eval_fraction: float,
+    seed_hex: str,
+    *,
+    near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+) -> np.ndarray:
+    """True for the rows (in `records`' order) held out for eval: per category so each keeps its share in
+    eval, near-duplicate groups kept on one side; the same rows and seed always split the same way."""
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if len(records) < 2:
+        raise ValueError(f"need at least 2 rows to split into train and eval, got {len(records)}")
+    records = records.reset_index(drop=True)
+    _, near = duplicate_groups(records["prompt"], near_duplicate_threshold)
+    return split_groups(records, eval_fraction, seed_hex, near).to_numpy()
+
+
+def partition(records: pd.DataFrame, is_eval: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, eval) rows by the `is_eval` flags, each in task-id order."""
+    ordered = records.reset_index(drop=True).assign(_eval=is_eval).sort_values("task_id", kind="stable")
+    train = ordered[~ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
+    eval_ = ordered[ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
+    return train, eval_
+
+
 def split_train_eval(
     records: pd.DataFrame,
     eval_fraction: float,
@@ -57,15 +83,7 @@ def split_train_eval(
     *,
     near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split per category so each keeps its share in eval; the same snapshot always splits the same way."""
-    if not 0 < eval_fraction < 1:
-        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-    if len(records) < 2:
-        raise ValueError(f"need at least 2 rows to split into train and eval, got {len(records)}")
-    records = records.reset_index(drop=True)
-    _, near = duplicate_groups(records["prompt"], near_duplicate_threshold)
-    is_eval = split_groups(records, eval_fraction, seed_hex, near)
-    ordered = records.assign(_eval=is_eval.to_numpy()).sort_values("task_id", kind="stable")
-    train = ordered[~ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
-    eval_ = ordered[ordered["_eval"]].drop(columns="_eval").reset_index(drop=True)
-    return train, eval_
+    """`eval_flags` applied: (train, eval) rows, each in task-id order."""
+    return partition(
+        records, eval_flags(records, eval_fraction, seed_hex, near_duplicate_threshold=near_duplicate_threshold)
+    )
