@@ -1,11 +1,15 @@
-# lora-pipeline image: the pipeline package + Prefect, used by the Prefect workers in
-# docker-compose.yml (worker-cpu; worker-gpu once it is enabled).
+# lora-pipeline image: the pipeline package + Prefect, used by the Prefect workers and
+# the webhook receiver in docker-compose.yml (worker-cpu and webhooks: lora-pipeline:latest;
+# worker-gpu, profile `gpu`: lora-pipeline:gpu).
 #
 # Build from the repository root (the build context must be the repo):
 #   docker build -f docker/pipeline.Dockerfile -t lora-pipeline .
-# GPU variant (later issue): pass a CUDA wheel index, e.g.
+# GPU variant: the same image with a CUDA torch wheel (the wheel bundles the CUDA runtime;
+# the host needs the NVIDIA driver + NVIDIA Container Toolkit). Pick the index that
+# matches the host driver, e.g.
 #   docker build -f docker/pipeline.Dockerfile \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t lora-pipeline:gpu .
+# (`docker compose --profile gpu build` does this, with GPU_TORCH_INDEX_URL from .env.)
 #
 # NOTE: `COPY . .` copies the whole build context. Keep local virtualenvs (.venv,
 # .venv-labelstudio), .git, work/ and mlruns/ out of it with a .dockerignore at the
@@ -15,11 +19,17 @@ FROM python:3.11-slim
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
+# LORA_PIPELINE_HOME: where the repo is baked in; prefect.yaml's pull step runs flows there.
+# LORA_PIPELINE_WORK_DIR: snapshots and run outputs; a named volume shared by the workers.
+# LORA_PIPELINE_CONFIG: the pipeline config the flows use unless a run passes another.
 # HF_HOME: Hugging Face downloads (base models) persist on the work volume.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    LORA_PIPELINE_HOME=/opt/lora-pipeline \
+    LORA_PIPELINE_WORK_DIR=/var/lib/lora-pipeline \
+    LORA_PIPELINE_CONFIG=/opt/lora-pipeline/configs/default.yaml \
     HF_HOME=/var/lib/lora-pipeline/hf-home
 
 # torch first, from the PyTorch index, in its own layer: it is the biggest dependency
@@ -42,6 +52,6 @@ RUN useradd --create-home --uid 10001 pipeline \
     && chown -R pipeline:pipeline /var/lib/lora-pipeline
 USER pipeline
 
-# The worker command (create pool if missing, `prefect worker start`) is set in
-# docker-compose.yml; this default just shows the CLI.
+# The commands (`prefect worker start --pool cpu|gpu ...`, `lora-pipeline webhook-receiver`)
+# are set in docker-compose.yml; this default just shows the CLI.
 CMD ["lora-pipeline", "--help"]

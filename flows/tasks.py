@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -11,16 +9,20 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task, exponential_backoff
 
+from pipeline.base_model import base_model_fingerprint
 from pipeline.config import PipelineConfig, Settings
 from pipeline.ingest.client import LabelStudioError
 from pipeline.ingest.pull import Pull, pull_project, pull_summary
-from pipeline.track import tracking
+from pipeline.track import change_detection, tracking
+from pipeline.track.change_detection import TrainDecision
 from pipeline.track.promotion import Assessment, assess_adapter, promote, write_artifacts
+from pipeline.track.work_runs import RunClaim, claim_run
+from pipeline.train.launch import train_with_torchrun
 from pipeline.train.recipe import train_adapter
 from pipeline.train.results import TrainResult
 from pipeline.validate.prepare import PreparedDataset, prepare_dataset
 from pipeline.validate.report import validation_summary
-from pipeline.validate.snapshot import previous_snapshot
+from pipeline.validate.snapshot import Snapshot, previous_snapshot
 
 
 def _retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -85,41 +87,89 @@ def stop_on_validation_errors(prepared: PreparedDataset) -> None:
 
 
 @task
-def start_tracking(config: PipelineConfig, prepared: PreparedDataset, flow_run_id: str) -> str:
-    """Open the MLflow run with params, tags and the dataset input; returns its id."""
-    settings = Settings()
-    run_id = tracking.start_run(
-        settings.mlflow_tracking_uri, config, prepared.snapshot, tags={"prefect_flow_run_id": flow_run_id}
-    )
-    tracking.log_artifacts(settings.mlflow_tracking_uri, run_id, prepared.snapshot.path, "validation")
-    tracking.log_metrics(
-        settings.mlflow_tracking_uri,
-        run_id,
-        {
-            "data_tasks_seen": prepared.reconciliation.tasks_seen,
-            "data_rows_accepted": prepared.reconciliation.accepted,
-            "data_rows_quarantined": prepared.reconciliation.quarantined,
-            "data_tasks_unusable": prepared.reconciliation.unusable,
-        },
-    )
-    return run_id
+def check_base_model(config: PipelineConfig) -> str:
+    """Resolve the base model before anything is pulled: a missing or unreachable one stops the flow here
+    with one line; returns its fingerprint (weights hash or hub commit) for change detection."""
+    fingerprint = base_model_fingerprint(config.base_model)
+    get_run_logger().info("base model %s: %s", config.base_model, fingerprint)
+    return fingerprint
 
 
-@task
-def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapters_root: str) -> TrainResult:
-    """Train the adapter on the snapshot's frozen train rows, streaming step metrics to the MLflow run."""
-    settings = Settings()
-    snapshot = prepared.snapshot
-    train_df, eval_df = snapshot.split()
-    out = Path(adapters_root) / run_id
-    result = train_adapter(
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient)
+def decide_training(
+    prepared: PreparedDataset, config: PipelineConfig, base_fingerprint: str, force: bool
+) -> TrainDecision:
+    """Train only when the accepted dataset differs enough from the last trained one (or when forced)."""
+    decision = change_detection.decide_training(
+        prepared.snapshot, config, base_fingerprint, Settings().mlflow_tracking_uri, force=force
+    )
+    get_run_logger().info("%s: %s", "training" if decision.train else "not training", decision.reason)
+    return decision
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient)
+def open_run(
+    config: PipelineConfig, snapshot: Snapshot, key: str, base_fingerprint: str, flow_run_id: str, force: bool
+) -> RunClaim:
+    """The MLflow run of this work: reopened after a crash, reported as finished when it already is, or new
+    (with params, tags, the dataset inputs, the validation artifacts and the data counts)."""
+    uri = Settings().mlflow_tracking_uri
+    claim = claim_run(
+        uri,
         config,
-        train_df,
-        eval_df,
-        out,
-        dataset_hash=snapshot.hash,
-        on_step=tracking.StepLogger(settings.mlflow_tracking_uri, run_id),
+        snapshot,
+        key=key,
+        base_fingerprint=base_fingerprint,
+        tags={"prefect_flow_run_id": flow_run_id},
+        force=force,
     )
+    logger = get_run_logger()
+    if claim.finished:
+        logger.info("work %s was already trained in MLflow run %s", key, claim.run_id)
+    elif claim.resumed:
+        logger.info("resuming work %s in MLflow run %s", key, claim.run_id)
+    else:
+        tracking.log_artifacts(uri, claim.run_id, snapshot.path, "validation")
+        counts = snapshot.meta.get("reconciliation", {})
+        tracking.log_metrics(
+            uri,
+            claim.run_id,
+            {
+                f"data_{name}": float(counts[field])
+                for name, field in (
+                    ("tasks_seen", "tasks_seen"),
+                    ("rows_accepted", "accepted"),
+                    ("rows_quarantined", "quarantined"),
+                    ("tasks_unusable", "unusable"),
+                )
+                if isinstance(counts.get(field), int | float)
+            },
+        )
+    return claim
+
+
+# A Prefect retry of the train task resumes from the newest checkpoint (train_adapter(resume=True)).
+@task(retries=1, retry_delay_seconds=5)
+def train(config: PipelineConfig, snapshot: Snapshot, run_id: str, adapter_dir: str) -> TrainResult:
+    """Train on the snapshot's frozen train rows, resuming from the newest checkpoint of this work if there is
+    one, streaming step metrics to the MLflow run; `train.gpus > 1` runs the DDP path under torchrun."""
+    settings = Settings()
+    if config.train.gpus > 1:
+        result = train_with_torchrun(config, snapshot.path, adapter_dir)
+        logger = tracking.StepLogger(settings.mlflow_tracking_uri, run_id)
+        for log in result.history:
+            logger(log)
+    else:
+        train_df, eval_df = snapshot.split()
+        result = train_adapter(
+            config,
+            train_df,
+            eval_df,
+            adapter_dir,
+            dataset_hash=snapshot.hash,
+            on_step=tracking.StepLogger(settings.mlflow_tracking_uri, run_id),
+            resume=True,
+        )
     tracking.log_metrics(
         settings.mlflow_tracking_uri,
         run_id,
@@ -133,6 +183,7 @@ def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapte
             "train_tokens_per_s": result.tokens_per_s,
             "train_peak_memory_bytes": result.peak_memory_bytes,
             "adapter_bytes": result.adapter_bytes,
+            "train_resumed_from_step": float(result.manifest.get("resumed_from_step", 0)),
             **({"train_mfu": result.mfu} if result.mfu is not None else {}),
         },
     )
@@ -140,12 +191,12 @@ def train(config: PipelineConfig, prepared: PreparedDataset, run_id: str, adapte
 
 
 @task
-def evaluate(config: PipelineConfig, result: TrainResult, prepared: PreparedDataset, run_id: str) -> Assessment:
+def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, run_id: str) -> Assessment:
     """Forgetting check, task evaluation and gate verdict on the saved adapter; logs metrics, the report,
     per-item scores, the side-by-side table, plots and the adapter itself."""
     settings = Settings()
     uri = settings.mlflow_tracking_uri
-    _, eval_df = prepared.snapshot.split()
+    _, eval_df = snapshot.split()
     assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri)
     metrics = assessment.metrics()
     if "forgetting_wall_time_s" in metrics and result.wall_time_s > 0:

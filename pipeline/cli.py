@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from pipeline.cli_orchestration import add_orchestration_parsers, add_webhook_parser
 from pipeline.ingest.client import LabelStudioError
 from pipeline.ingest.reconcile import ReconciliationError
 from pipeline.ingest.server import LabelStudioStartError
@@ -30,13 +32,30 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline_flow import lora_pipeline_flow
+    from flows.ingest_flow import ingest_flow
 
-    outcome = lora_pipeline_flow(config_path=args.config, work_dir=args.work_dir, base_model=args.base_model)
+    outcome = ingest_flow(
+        config_path=args.config,
+        work_dir=args.work_dir,
+        base_model=args.base_model,
+        train_deployment=args.train_deployment,
+        force=args.force,
+    )
     print(outcome.reconciliation_table)
-    print(f"MLflow run {outcome.run_id}")
-    _print_metrics(outcome.metrics)
-    print(f"promotion gate: {_verdict(outcome.gate_passed, outcome.registered_version)}")
+    print(f"snapshot {outcome.snapshot_dir}")
+    if not outcome.trained:
+        print(f"not training: {outcome.message}")
+        return 0
+    if outcome.train is None:
+        print(f"training ran as flow run {outcome.train_flow_run_id} of {args.train_deployment}: {outcome.train_state}")
+        return 0
+    result = outcome.train
+    if result.already_trained:
+        print(f"already trained in MLflow run {result.run_id}")
+        return 0
+    print(f"MLflow run {result.run_id}{' (resumed)' if result.resumed else ''}")
+    _print_metrics(result.metrics)
+    print(f"promotion gate: {_verdict(result.gate_passed, result.registered_version)}")
     return 0
 
 
@@ -98,9 +117,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo.runner import run_demo, use_demo_prefect_home
 
     use_demo_prefect_home(args.dir)
-    from flows.pipeline_flow import lora_pipeline_flow
+    from flows.ingest_flow import ingest_flow
 
-    out = run_demo(args.dir, port=args.port, run_flow=lora_pipeline_flow)
+    out = run_demo(args.dir, port=args.port, run_flow=ingest_flow)
     print()
     print("=" * 72)
     print(out["reconciliation"])
@@ -134,6 +153,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if result.manifest.get("world_size", 1) == 1 or os.environ.get("RANK", "0") == "0":
         print(f"adapter saved to {result.adapter_dir} after {result.steps} steps (eval loss {result.eval_loss:.4f})")
+        if args.result_json is not None:
+            args.result_json.write_text(json.dumps(result.to_json_dict()))
     return 0
 
 
@@ -233,6 +254,7 @@ def add_labelstudio_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
     pull.add_argument("--base-model", help="tokenizer for the token-length checks (default: the config's base_model)")
     pull.add_argument("--no-token-checks", action="store_true", help="skip the token-length checks (no tokenizer)")
     pull.set_defaults(func=_cmd_pull)
+    add_webhook_parser(ls_sub)
 
 
 def _cmd_export_dataset(args: argparse.Namespace) -> int:
@@ -296,8 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole flow against $LABEL_STUDIO_URL and $MLFLOW_TRACKING_URI")
     run.add_argument("--config", help="YAML config (default: built-in defaults, see configs/default.yaml)")
-    run.add_argument("--work-dir", default="work", help="snapshots and adapters go here (default ./work)")
+    run.add_argument("--work-dir", help="snapshots and adapters go here (default $LORA_PIPELINE_WORK_DIR, else ./work)")
     run.add_argument("--base-model", help="override base_model: a hub id or a local directory")
+    run.add_argument("--force", action="store_true", help="train even when no annotation changed")
+    run.add_argument(
+        "--train-deployment",
+        help="start training as a run of this Prefect deployment (e.g. lora-train/gpu) instead of in this process",
+    )
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="re-run the row and dataset checks on a snapshot and print a summary")
@@ -322,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML config (default: built-in defaults)")
     tr.add_argument("--base-model", help="override base_model")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
+    tr.add_argument("--result-json", type=Path, help="write the training result here as JSON (rank 0)")
     tr.set_defaults(func=_cmd_train)
 
     ex = sub.add_parser("export", help="merge an adapter into a full-precision copy of its base and save it")
@@ -357,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=_cmd_chat)
 
     add_labelstudio_parser(sub)
+    add_orchestration_parsers(sub)
     return p
 
 

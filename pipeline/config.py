@@ -28,6 +28,11 @@ TARGET_PRESETS: dict[str, list[str] | str] = {
 }
 
 
+# What an unconfigured run trains on: a small instruct model a user can download from the hub.
+# The demo and the tests build their own tiny model offline and name its directory instead.
+DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -143,6 +148,8 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(default=2, ge=1)
     # Held-out loss every N optimizer steps (None: only at the end of each epoch).
     eval_every_steps: int | None = Field(default=None, ge=1)
+    # Processes (one GPU each) of one training run: >1 makes the train flow launch the DDP path with torchrun.
+    gpus: int = Field(default=1, ge=1, le=64)
 
 
 class EvalConfig(_Strict):
@@ -272,11 +279,22 @@ class MlflowConfig(_Strict):
     experiment: str = "lora-pipeline"
 
 
+class OrchestrationConfig(_Strict):
+    """When the ingest flow starts training and how the train flow protects its work (flows/)."""
+
+    # Train only once at least this many accepted rows were added, changed or removed since the dataset
+    # of the last finished training run for the same base model and config (1: any change).
+    min_changed_rows: int = Field(default=1, ge=1)
+    # The train flow checkpoints every N optimizer steps when train.checkpoint_every_steps is null, so a
+    # rerun after a crash resumes instead of restarting.
+    checkpoint_every_steps: int = Field(default=50, ge=1)
+
+
 class PipelineConfig(_Strict):
     """Everything one pipeline run needs, apart from endpoints and secrets (see `Settings`)."""
 
     # A Hugging Face model id or a local directory; always loaded through `from_pretrained`.
-    base_model: str = "demo-output/tiny-model"
+    base_model: str = DEFAULT_BASE_MODEL
     labelstudio: LabelStudioConfig = LabelStudioConfig()
     data: DataConfig = DataConfig()
     lora: LoraConfig = LoraConfig()
@@ -285,6 +303,7 @@ class PipelineConfig(_Strict):
     gate: GateConfig = GateConfig()
     mlflow: MlflowConfig = MlflowConfig()
     validation: ValidationConfig = ValidationConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Dotted keys -> values, for logging as MLflow params."""
@@ -303,6 +322,20 @@ class PipelineConfig(_Strict):
     def fingerprint(self) -> str:
         """A short stable hash of the config, for manifests and run names."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def training_fingerprint(self) -> str:
+        """A hash of what decides the trained adapter: everything but transport settings (how the pull talks to
+        Label Studio), orchestration, checkpoint cadence and the base model's name (its own fingerprint, from
+        its weights or hub revision, stands for it). Change detection and the train flow's work key use it."""
+        data = self.model_dump(mode="json")
+        data.pop("base_model")
+        data.pop("orchestration")
+        ls = data.pop("labelstudio")
+        data["labelstudio"] = {k: ls[k] for k in ("project_title", "project_id", "categories", "annotation_rule")}
+        for key in ("checkpoint_every_steps", "keep_checkpoints"):
+            data["train"].pop(key)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

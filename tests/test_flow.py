@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from flows.pipeline_flow import lora_pipeline_flow
+from flows.ingest_flow import ingest_flow
+from flows.train_flow import train_flow
 from pipeline.cli import main
 from pipeline.demo.runner import seed_project
 from pipeline.ingest.client import LabelStudioError, connect
@@ -52,7 +53,9 @@ def test_flow_end_to_end_logs_a_complete_run(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     cfg = _write_config(tmp_path / "cfg.yaml", "flow-e2e")
 
-    outcome = lora_pipeline_flow(config_path=str(cfg), work_dir=str(tmp_path / "work"), base_model=str(tiny_model_dir))
+    ingested = ingest_flow(config_path=str(cfg), work_dir=str(tmp_path / "work"), base_model=str(tiny_model_dir))
+    assert ingested.trained and ingested.train is not None, ingested.message
+    outcome = ingested.train
 
     ml = MlflowClient(mlflow_server)
     run = ml.get_run(outcome.run_id)
@@ -128,6 +131,28 @@ def test_flow_end_to_end_logs_a_complete_run(
         if f.is_file():
             assert token.encode() not in f.read_bytes(), f
 
+    # Nothing changed in Label Studio: the next run pulls, snapshots the same dataset and stops there.
+    exp_id = run.info.experiment_id
+    runs_before = len(ml.search_runs([exp_id]))
+    versions_before = len(ml.search_model_versions("name='lora-adapter'"))
+    again = ingest_flow(config_path=str(cfg), work_dir=str(tmp_path / "work"), base_model=str(tiny_model_dir))
+    assert not again.trained and again.train is None
+    assert again.snapshot_hash == ingested.snapshot_hash
+    assert again.message.startswith(f"no new annotations since snapshot {ingested.snapshot_hash[:12]}")
+    assert len(ml.search_runs([exp_id])) == runs_before
+    assert len(ml.search_model_versions("name='lora-adapter'")) == versions_before
+
+    # The same reference handed to the train flow again finds its finished work: no second run or version.
+    repeat = train_flow(
+        snapshot_dir=ingested.snapshot_dir,
+        snapshot_hash=ingested.snapshot_hash,
+        config=yaml.safe_load(cfg.read_text()) | {"base_model": str(tiny_model_dir)},
+        base_model_fingerprint="local:x",
+        work_dir=str(tmp_path / "work"),
+    )
+    assert repeat.already_trained and repeat.run_id == outcome.run_id
+    assert len(ml.search_runs([exp_id])) == runs_before
+
 
 def test_wrong_token_fails_before_training_and_logs_no_run(
     label_studio: LocalLabelStudio,
@@ -146,10 +171,26 @@ def test_wrong_token_fails_before_training_and_logs_no_run(
     exp = ml.get_experiment_by_name(EXPERIMENT)
     before = len(ml.search_runs([exp.experiment_id])) if exp else 0
     with pytest.raises(LabelStudioError, match="rejected the API key"):
-        lora_pipeline_flow(config_path=str(cfg), work_dir=str(tmp_path / "w"), base_model=str(tiny_model_dir))
+        ingest_flow(config_path=str(cfg), work_dir=str(tmp_path / "w"), base_model=str(tiny_model_dir))
     exp = ml.get_experiment_by_name(EXPERIMENT)
     assert (len(ml.search_runs([exp.experiment_id])) if exp else 0) == before
     assert not (tmp_path / "w" / "adapters").exists()
+
+
+def test_missing_base_model_stops_before_the_pull(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base model that is neither a directory nor resolvable is one line, before Label Studio is contacted
+    (the URL below would refuse connections, which would be a different error)."""
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "a" * 40)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["run", "--work-dir", str(tmp_path / "w"), "--base-model", "nobody/no-such-model-xyz"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("lora-pipeline: error: base model 'nobody/no-such-model-xyz' is not a local directory")
+    assert not (tmp_path / "w" / "snapshots").exists()
 
 
 def test_cli_reports_unreachable_label_studio_in_one_line(

@@ -31,7 +31,8 @@ def test_all_stage_modules_found() -> None:
     assert {
         "pipeline.train.recipe",
         "pipeline.evaluate.forgetting",
-        "flows.pipeline_flow",
+        "flows.ingest_flow",
+        "flows.train_flow",
         "schemas.pairs",
         "pipeline.cli",
     } <= found

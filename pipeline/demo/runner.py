@@ -31,7 +31,7 @@ from pipeline.track.registry import CANDIDATE, CHAMPION, get_alias
 
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
 
-# `flows.pipeline_flow.lora_pipeline_flow`, called with config_path, work_dir and base_model.
+# `flows.ingest_flow.ingest_flow`, called with config_path, work_dir, base_model and force (training in process).
 FlowRunner = Callable[..., Any]
 
 # Annotation mistakes the demo makes on purpose so that the validation report has something to show.
@@ -168,13 +168,19 @@ def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> di
             f"Label Studio project {seeded.project.id}: imported {seeded.imported} tasks, "
             f"submitted {seeded.annotated} annotations"
         )
-        outcome = run_flow(config_path=str(DEMO_CONFIG), work_dir=str(root / "work"), base_model=str(model_dir))
+        # force: a second `make demo` trains again and shows the whole pipeline, even with no new annotations.
+        ingested = run_flow(
+            config_path=str(DEMO_CONFIG), work_dir=str(root / "work"), base_model=str(model_dir), force=True
+        )
+        outcome = ingested.train
+    if outcome is None:
+        raise RuntimeError(f"the demo flow did not train: {ingested.message}")
     return {
         "run_id": outcome.run_id,
         "metrics": outcome.metrics,
         "adapter_dir": outcome.adapter_dir,
-        "snapshot_dir": outcome.snapshot_dir,
-        "reconciliation": outcome.reconciliation_table,
+        "snapshot_dir": ingested.snapshot_dir,
+        "reconciliation": ingested.reconciliation_table,
         "gate_passed": outcome.gate_passed,
         "registered_version": outcome.registered_version,
         "promotion": promotion_summary(

@@ -244,6 +244,8 @@ def train_adapter(
         "config": config.model_dump(mode="json"),
         "config_fingerprint": config.fingerprint(),
         "steps": step,
+        # 0 for an uninterrupted run; the checkpoint's step when this run resumed one.
+        "resumed_from_step": ckpt.step if ckpt is not None else 0,
         "train_examples": len(train_ex),
         "eval_examples": len(eval_ex),
         "torch": torch.__version__,

@@ -5,7 +5,7 @@ Plain data, no torch: tracking, plots and flows read these without importing the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +48,17 @@ class TrainResult:
     @property
     def trainable_share(self) -> float:
         return self.trainable_params / self.total_params
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON data (the torchrun launcher hands a result back through a file)."""
+        data = asdict(self)
+        data["adapter_dir"] = str(self.adapter_dir)
+        return data
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> TrainResult:
+        """The inverse of `to_json_dict`."""
+        fields = dict(data)
+        fields["adapter_dir"] = Path(fields["adapter_dir"])
+        fields["history"] = [StepLog(**h) for h in fields["history"]]
+        return cls(**fields)

@@ -1,0 +1,86 @@
+"""The ingest flow, for a CPU work pool: pull -> validate + snapshot -> annotator feedback -> decide -> train.
+
+Training starts through the train deployment named by `train_deployment` (a GPU pool) with
+`run_deployment`, or in this process when none is named (`lora-pipeline run`, the demo): one code path,
+two placements. Only a reference crosses: snapshot path + hash + config as plain data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.states import Completed
+
+from flows.outcomes import IngestOutcome, TrainOutcome
+from flows.tasks import (
+    check_base_model,
+    decide_training,
+    pull_annotations,
+    send_annotator_feedback,
+    stop_on_validation_errors,
+    validate_and_snapshot,
+)
+from flows.train_flow import default_work_dir, train_flow
+from pipeline.config import PipelineConfig, load_config
+
+CONFIG_ENV = "LORA_PIPELINE_CONFIG"
+BASE_MODEL_ENV = "LORA_PIPELINE_BASE_MODEL"
+
+
+def resolve_config(config_path: str | None, base_model: str | None) -> PipelineConfig:
+    """Config file: the parameter, else `$LORA_PIPELINE_CONFIG`, else the built-in defaults; base model:
+    the parameter, else `$LORA_PIPELINE_BASE_MODEL`, else the config's."""
+    path = config_path or os.environ.get(CONFIG_ENV) or None
+    return load_config(path, base_model=base_model or os.environ.get(BASE_MODEL_ENV) or None)
+
+
+@flow(name="lora-ingest", log_prints=True)
+def ingest_flow(
+    config_path: str | None = None,
+    work_dir: str | None = None,
+    base_model: str | None = None,
+    train_deployment: str | None = None,
+    force: bool = False,
+) -> IngestOutcome:
+    """Pull annotations, validate, snapshot, send feedback, and train when the accepted dataset changed."""
+    config = resolve_config(config_path, base_model)
+    root = Path(work_dir or default_work_dir())
+    fingerprint = check_base_model(config)
+    pull = pull_annotations(config, str(root / "snapshots"))
+    prepared = validate_and_snapshot(pull, str(root / "snapshots"), config)
+    send_annotator_feedback(config, pull, prepared)
+    stop_on_validation_errors(prepared)
+    decision = decide_training(prepared, config, fingerprint, force)
+    snapshot = prepared.snapshot
+    outcome = IngestOutcome(
+        snapshot_dir=str(snapshot.path.resolve()),
+        snapshot_hash=snapshot.hash,
+        reconciliation_table=prepared.reconciliation.table(),
+        trained=decision.train,
+        message=decision.reason,
+    )
+    if not decision.train:
+        return Completed(message=decision.reason, data=outcome)  # type: ignore[return-value]
+    parameters = {
+        "snapshot_dir": outcome.snapshot_dir,
+        "snapshot_hash": snapshot.hash,
+        "config": config.model_dump(mode="json"),
+        "base_model_fingerprint": fingerprint,
+        "force": force,
+    }
+    if not train_deployment:
+        result: TrainOutcome = train_flow(**parameters, work_dir=str(root))
+        return replace(outcome, train=result)
+    get_run_logger().info("starting deployment %s for snapshot %s", train_deployment, snapshot.hash[:12])
+    run = run_deployment(train_deployment, parameters=parameters, timeout=None, as_subflow=True)
+    state = run.state
+    if state is None or not state.is_completed():
+        raise RuntimeError(
+            f"train flow run {run.name} ({run.id}) of {train_deployment} ended "
+            f"{state.name if state else 'without a state'}: {state.message if state else ''}"
+        )
+    return replace(outcome, train_flow_run_id=str(run.id), train_state=state.name)

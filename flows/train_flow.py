@@ -1,0 +1,90 @@
+"""The train flow, for a GPU work pool: train -> evaluate -> gate -> promote, on a snapshot named by reference.
+
+What reaches it is a reference (snapshot path on storage both workers mount, its hash, the config as plain
+data), never an in-memory object. Its work — checkpoints, adapter, the MLflow run — is keyed by
+(snapshot hash, training config hash), so a rerun after a crash resumes the same work and run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.outcomes import TrainOutcome
+from flows.tasks import evaluate, finish_tracking, open_run, promote_adapter, train
+from pipeline.config import PipelineConfig
+from pipeline.track.work_runs import work_key
+from pipeline.train.checkpoint import checkpoint_root
+from pipeline.train.work_lock import exclusive_work
+from pipeline.validate.snapshot import Snapshot, load_snapshot
+
+WORK_DIR_ENV = "LORA_PIPELINE_WORK_DIR"
+
+
+def default_work_dir() -> str:
+    """`$LORA_PIPELINE_WORK_DIR`, else ./work: each worker sets it to its storage (compose: a shared volume)."""
+    return os.environ.get(WORK_DIR_ENV) or "work"
+
+
+def load_reference(snapshot_dir: str, snapshot_hash: str) -> Snapshot:
+    """The snapshot a request names, refusing one whose content no longer has the named hash."""
+    snapshot = load_snapshot(snapshot_dir)
+    if snapshot.hash != snapshot_hash:
+        raise ValueError(
+            f"snapshot {snapshot_dir} holds dataset {snapshot.hash[:12]}, but the request named {snapshot_hash[:12]}"
+        )
+    return snapshot
+
+
+def with_checkpoints(config: PipelineConfig) -> PipelineConfig:
+    """Checkpointing is on in the train flow: orchestration.checkpoint_every_steps unless train sets its own."""
+    if config.train.checkpoint_every_steps is not None:
+        return config
+    every = config.orchestration.checkpoint_every_steps
+    return config.model_copy(update={"train": config.train.model_copy(update={"checkpoint_every_steps": every})})
+
+
+@flow(name="lora-train", log_prints=True)
+def train_flow(
+    snapshot_dir: str,
+    snapshot_hash: str,
+    config: dict[str, Any],
+    base_model_fingerprint: str,
+    work_dir: str | None = None,
+    force: bool = False,
+) -> TrainOutcome:
+    """Train a LoRA adapter on a snapshot, check forgetting, gate it and register it; resumable by work key."""
+    cfg = with_checkpoints(PipelineConfig.model_validate(config))
+    snapshot = load_reference(snapshot_dir, snapshot_hash)
+    key = work_key(snapshot.hash, cfg)
+    work = Path(work_dir or default_work_dir()) / "adapters" / key
+    with exclusive_work(work):
+        claim = open_run(cfg, snapshot, key, base_model_fingerprint, str(flow_run.id or ""), force)
+        if claim.finished:
+            return TrainOutcome(claim.run_id, key, str(work / "adapter"), snapshot_dir, already_trained=True)
+        if force and not claim.resumed:
+            # A forced retrain of finished work starts from step 0, not from that work's last checkpoint.
+            shutil.rmtree(checkpoint_root(work / "adapter"), ignore_errors=True)
+        try:
+            result = train(cfg, snapshot, claim.run_id, str(work / "adapter"))
+            assessment = evaluate(cfg, result, snapshot, claim.run_id)
+            registered = promote_adapter(cfg, result, assessment, claim.run_id)
+        except BaseException:
+            finish_tracking(claim.run_id, "FAILED")
+            raise
+        finish_tracking(claim.run_id, "FINISHED")
+    return TrainOutcome(
+        run_id=claim.run_id,
+        work_key=key,
+        adapter_dir=str(result.adapter_dir),
+        snapshot_dir=snapshot_dir,
+        metrics={"eval_loss": result.eval_loss, "train_loss_final": result.final_loss, **assessment.metrics()},
+        gate_passed=assessment.verdict.passed,
+        registered_version=registered,
+        resumed=claim.resumed,
+    )

@@ -1,0 +1,80 @@
+"""CLI commands that set up orchestration: `deploy`, `webhook-receiver` and `labelstudio webhook`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+SECRET_ENV = "LORA_PIPELINE_WEBHOOK_SECRET"
+
+
+def _webhook_secret() -> str:
+    secret = os.environ.get(SECRET_ENV, "")
+    if not secret or "change-me" in secret:
+        raise ValueError(
+            f"{SECRET_ENV} is not set (or still a change-me placeholder); set it to a random string, e.g. "
+            'python -c "import secrets;print(secrets.token_hex(20))", for both the receiver and the webhook'
+        )
+    return secret
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import default_gpu_slots, deploy
+
+    slots = args.gpu_slots if args.gpu_slots is not None else default_gpu_slots()
+    for pool in deploy(args.prefect_file, slots):
+        limit = "no limit" if pool.concurrency_limit is None else f"concurrency limit {pool.concurrency_limit}"
+        print(f"work pool {pool.name}: {'created' if pool.created else 'exists'}, {limit}")
+    print(f"registered the deployments in {args.prefect_file} (prefect deployment ls lists them)")
+    return 0
+
+
+def _cmd_webhook_receiver(args: argparse.Namespace) -> int:
+    from flows.webhook_receiver import serve
+
+    serve(args.host, args.port, _webhook_secret(), quiet_s=args.quiet_s, max_wait_s=args.max_wait_s)
+    return 0
+
+
+def _cmd_register_webhook(args: argparse.Namespace) -> int:
+    from pipeline.config import Settings, load_config
+    from pipeline.ingest.client import connect, ensure_project, get_project
+    from pipeline.ingest.webhooks import register_webhook
+
+    cfg = load_config(args.config).labelstudio
+    settings = Settings()
+    client = connect(settings.label_studio_url, settings.require_label_studio_key(), timeout_s=cfg.timeout_s)
+    project = (
+        get_project(client, cfg.project_id)
+        if cfg.project_id is not None
+        else ensure_project(client, cfg.project_title, cfg.categories)
+    )
+    hook = register_webhook(client, project.id, args.url, _webhook_secret())
+    print(f"Label Studio project {project.id} sends annotation changes to {args.url} (webhook {hook})")
+    return 0
+
+
+def add_orchestration_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `deploy` and `webhook-receiver`."""
+    dep = sub.add_parser("deploy", help="create work pools cpu/gpu and register prefect.yaml's deployments")
+    dep.add_argument("--prefect-file", type=Path, default=Path("prefect.yaml"), help="default ./prefect.yaml")
+    dep.add_argument("--gpu-slots", type=int, help="GPUs serving pool gpu = its concurrency limit (default: visible)")
+    dep.set_defaults(func=_cmd_deploy)
+
+    rec = sub.add_parser(
+        "webhook-receiver", help=f"turn Label Studio webhooks into Prefect events (secret: ${SECRET_ENV})"
+    )
+    rec.add_argument("--host", default="127.0.0.1")
+    rec.add_argument("--port", type=int, default=8765)
+    rec.add_argument("--quiet-s", type=float, default=600.0, help="emit this long after a project's last change")
+    rec.add_argument("--max-wait-s", type=float, default=1800.0, help="but no later than this after its first")
+    rec.set_defaults(func=_cmd_webhook_receiver)
+
+
+def add_webhook_parser(ls_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `labelstudio webhook`."""
+    hook = ls_sub.add_parser("webhook", help="make the project send annotation changes to the webhook receiver")
+    hook.add_argument("--url", required=True, help="the receiver's URL as Label Studio reaches it, .../label-studio")
+    hook.add_argument("--config", help="YAML config (project title/id and categories)")
+    hook.set_defaults(func=_cmd_register_webhook)
