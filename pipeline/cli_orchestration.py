@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -33,25 +34,35 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_webhook_receiver(args: argparse.Namespace) -> int:
     from flows.webhook_receiver import serve
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(args.host, args.port, _webhook_secret(), quiet_s=args.quiet_s, max_wait_s=args.max_wait_s)
     return 0
 
 
 def _cmd_register_webhook(args: argparse.Namespace) -> int:
     from pipeline.config import Settings, load_config
-    from pipeline.ingest.client import connect, ensure_project, get_project
+    from pipeline.ingest.client import LabelStudioError, connect, get_project
     from pipeline.ingest.webhooks import register_webhook
 
-    cfg = load_config(args.config).labelstudio
+    # The config the flows use: --config, else $LORA_PIPELINE_CONFIG, else the defaults.
+    cfg = load_config(args.config or os.environ.get("LORA_PIPELINE_CONFIG") or None).labelstudio
     settings = Settings()
     client = connect(settings.label_studio_url, settings.require_label_studio_key(), timeout_s=cfg.timeout_s)
-    project = (
-        get_project(client, cfg.project_id)
-        if cfg.project_id is not None
-        else ensure_project(client, cfg.project_title, cfg.categories)
-    )
+    if cfg.project_id is not None:
+        project_id = cfg.project_id
+    else:
+        ids = sorted(int(p.id) for p in client.projects.list(title=cfg.project_title) if p.title == cfg.project_title)
+        if len(ids) != 1:
+            raise LabelStudioError(
+                f"{len(ids)} Label Studio projects are titled {cfg.project_title!r}"
+                + (f" (ids {ids}); set labelstudio.project_id" if ids else "; create it with `labelstudio init`")
+            )
+        project_id = ids[0]
+    project = get_project(client, project_id)
     hook = register_webhook(client, project.id, args.url, _webhook_secret())
-    print(f"Label Studio project {project.id} sends annotation changes to {args.url} (webhook {hook})")
+    print(
+        f"Label Studio project {project.id} ({project.title}) sends annotation changes to {args.url} (webhook {hook})"
+    )
     return 0
 
 
@@ -76,5 +87,5 @@ def add_webhook_parser(ls_sub: argparse._SubParsersAction) -> None:  # type: ign
     """Register `labelstudio webhook`."""
     hook = ls_sub.add_parser("webhook", help="make the project send annotation changes to the webhook receiver")
     hook.add_argument("--url", required=True, help="the receiver's URL as Label Studio reaches it, .../label-studio")
-    hook.add_argument("--config", help="YAML config (project title/id and categories)")
+    hook.add_argument("--config", help="YAML config naming the project (default: $LORA_PIPELINE_CONFIG, else defaults)")
     hook.set_defaults(func=_cmd_register_webhook)

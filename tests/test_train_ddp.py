@@ -70,3 +70,37 @@ def test_two_process_ddp_matches_a_single_process_run(random_tiny_model: Path, t
     wb = load_file(tmp_path / "single" / "adapter_model.safetensors")
     assert wa.keys() == wb.keys()
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+@pytest.mark.slow
+def test_train_gpus_2_launches_torchrun_from_a_snapshot(
+    random_tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train.gpus: 2` (the train flow's path): torchrun runs `lora-pipeline train --resume` on the snapshot's
+    frozen split and hands the result back through JSON; it equals the single-process run on the same split."""
+    from pipeline.train.launch import train_with_torchrun
+    from pipeline.validate.snapshot import write_snapshot
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    snapshot = write_snapshot(make_records(20), make_records(20).iloc[:0], tmp_path / "snaps", meta={})
+    cfg = load_config(
+        None,
+        base_model=str(random_tiny_model),
+        lora={"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear"},
+        train={"learning_rate": 5e-3, "epochs": 1, "batch_size": 4, "grad_accum_steps": 2, "device": "cpu", "gpus": 2},
+    )
+    result = train_with_torchrun(cfg, snapshot.path, tmp_path / "work" / "adapter")
+    assert result.manifest["world_size"] == 2 and result.manifest["dataset_hash"] == snapshot.hash
+    assert result.adapter_dir == tmp_path / "work" / "adapter" and len(result.history) == result.steps
+
+    train_df, eval_df = snapshot.split()
+    single = train_adapter(cfg, train_df, eval_df, tmp_path / "single", dataset_hash=snapshot.hash)
+    assert [h.loss for h in result.history] == pytest.approx([h.loss for h in single.history], rel=1e-5)
+    wa = load_file(result.adapter_dir / "adapter_model.safetensors")
+    wb = load_file(single.adapter_dir / "adapter_model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+    broken = cfg.model_copy(update={"base_model": str(tmp_path / "no-model")})
+    with pytest.raises(RuntimeError, match="torchrun training exited with"):
+        train_with_torchrun(broken, snapshot.path, tmp_path / "broken" / "adapter")

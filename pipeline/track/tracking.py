@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import Experiment, Metric
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.fluent import _create_dataset_input
 
 from pipeline.config import PipelineConfig
 from pipeline.train.results import StepLog
@@ -78,9 +79,11 @@ def start_run(
     )
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in run_params(config, snapshot.hash).items()])
-    with mlflow.start_run(run_id=run_id):
-        for dataset, context in snapshot_inputs(snapshot):
-            mlflow.log_input(dataset, context=context)
+    # Through the client, not `with mlflow.start_run(...)`: leaving that block would mark the run FINISHED, and
+    # a run that crashes later must stay unfinished (change detection and resume rely on the status).
+    client.log_inputs(
+        run_id, datasets=[_create_dataset_input(dataset, context, None) for dataset, context in snapshot_inputs(snapshot)]
+    )
     return run_id
 
 
