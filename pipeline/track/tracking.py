@@ -82,7 +82,8 @@ def start_run(
     # Through the client, not `with mlflow.start_run(...)`: leaving that block would mark the run FINISHED, and
     # a run that crashes later must stay unfinished (change detection and resume rely on the status).
     client.log_inputs(
-        run_id, datasets=[_create_dataset_input(dataset, context, None) for dataset, context in snapshot_inputs(snapshot)]
+        run_id,
+        datasets=[_create_dataset_input(dataset, context, None) for dataset, context in snapshot_inputs(snapshot)],
     )
     return run_id
 

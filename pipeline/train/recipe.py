@@ -308,12 +308,13 @@ def _check_resumable(state: dict[str, Any], config: PipelineConfig, dataset_hash
 def _eval_loss(
     model: PeftModel, eval_ex: Sequence[Example], pad_id: int, batch_size: int, device: torch.device, env: DistEnv
 ) -> float:
-    """Token-weighted held-out loss, on the main rank (the unwrapped model: no collectives inside)."""
-    loss = float("nan")
+    """Token-weighted held-out loss, computed on the main rank (the unwrapped model: no collectives inside) and
+    shared with every rank, so that all ranks take the same branches afterwards (a rank that saw NaN here
+    used to evaluate again at the end and wait in a collective the others had left)."""
+    loss = 0.0
     if env.is_main:
         scores = sequence_nll(
             model, [(e.input_ids, e.labels) for e in eval_ex], pad_id=pad_id, batch_size=batch_size, device=device
         )
         loss = mean_token_loss(scores)
-    barrier(env)
-    return loss
+    return all_reduce_sum(loss, env, device)
