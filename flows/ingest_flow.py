@@ -15,8 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.states import Completed
 
-from flows.outcomes import IngestOutcome, TrainOutcome
-from flows.tasks import (
+from flows.ingest_tasks import (
     check_base_model,
     decide_training,
     pull_annotations,
@@ -24,7 +23,8 @@ from flows.tasks import (
     stop_on_validation_errors,
     validate_and_snapshot,
 )
-from flows.train_flow import default_work_dir, train_flow
+from flows.outcomes import IngestOutcome, TrainOutcome
+from flows.work_dir import default_work_dir
 from pipeline.config import PipelineConfig, load_config
 
 CONFIG_ENV = "LORA_PIPELINE_CONFIG"
@@ -73,10 +73,13 @@ def ingest_flow(
         "force": force,
     }
     if not train_deployment:
+        # Imported here: the training stack (torch, peft, lm-eval) loads only where training runs.
+        from flows.train_flow import train_flow
+
         result: TrainOutcome = train_flow(**parameters, work_dir=str(root))
         return replace(outcome, train=result)
     get_run_logger().info("starting deployment %s for snapshot %s", train_deployment, snapshot.hash[:12])
-    run = run_deployment(train_deployment, parameters=parameters, timeout=None, as_subflow=True)
+    run = run_deployment(train_deployment, parameters=parameters, timeout=None, poll_interval=2, as_subflow=True)
     state = run.state
     if state is None or not state.is_completed():
         raise RuntimeError(

@@ -7,7 +7,6 @@ data), never an in-memory object. Its work — checkpoints, adapter, the MLflow 
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.outcomes import TrainOutcome
-from flows.tasks import evaluate, finish_tracking, open_run, promote_adapter, train
+from flows.train_tasks import evaluate, finish_tracking, open_run, promote_adapter, train
+from flows.work_dir import default_work_dir
 from pipeline.config import PipelineConfig
 from pipeline.track.work_runs import work_key
 from pipeline.train.checkpoint import checkpoint_root
 from pipeline.train.work_lock import exclusive_work
 from pipeline.validate.snapshot import Snapshot, load_snapshot
-
-WORK_DIR_ENV = "LORA_PIPELINE_WORK_DIR"
-
-
-def default_work_dir() -> str:
-    """`$LORA_PIPELINE_WORK_DIR`, else ./work: each worker sets it to its storage (compose: a shared volume)."""
-    return os.environ.get(WORK_DIR_ENV) or "work"
 
 
 def load_reference(snapshot_dir: str, snapshot_hash: str) -> Snapshot:

@@ -64,7 +64,7 @@ def test_cli_pull_and_flow_write_the_same_snapshot(
 ) -> None:
     from prefect import flow
 
-    from flows.tasks import validate_and_snapshot
+    from flows.ingest_tasks import validate_and_snapshot
 
     export, cfg = export_and_config
     argv = ["labelstudio", "pull", "--config", str(cfg), "--work-dir", str(tmp_path / "cli"), "--export-file"]

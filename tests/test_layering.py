@@ -57,6 +57,8 @@ FORBIDDEN_MODULES: dict[str, tuple[str, ...]] = {
     "pipeline.track.tracking": ("torch", "transformers", "peft", "pipeline.train.recipe"),
     "pipeline.train.results": ("torch", "transformers", "peft"),
     "pipeline.config": ("torch", "transformers", "mlflow", "prefect", "flows", "pipeline.ingest", "pipeline.demo"),
+    # An ingest run that finds no new annotations must not pay for the training stack's imports.
+    "flows.ingest_flow": ("torch", "peft", "lm_eval", "pipeline.train", "pipeline.evaluate", "flows.train_tasks"),
 }
 
 _PROBE = """

@@ -12,7 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect import flow
 
-from flows.tasks import start_tracking, stop_on_validation_errors, validate_and_snapshot
+from flows.ingest_tasks import stop_on_validation_errors, validate_and_snapshot
+from flows.train_tasks import open_run
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, ValidationConfig
 from pipeline.ingest.client import ProjectRef
@@ -138,7 +139,7 @@ def test_flow_stops_on_error_and_logs_failures(
     prefect_harness: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An `error` dataset check stops the flow in stop_on_validation_errors (report still written); a passing pull
-    publishes the failure table, and start_tracking puts failures.parquet and the report in the MLflow run."""
+    publishes the failure table, and open_run puts failures.parquet and the report in the MLflow run."""
     from prefect.artifacts import Artifact
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -149,7 +150,7 @@ def test_flow_stops_on_error_and_logs_failures(
     def check(config: PipelineConfig, root: str) -> str:
         prepared = validate_and_snapshot(_pull(60, FLAWS), root, config)
         stop_on_validation_errors(prepared)
-        return start_tracking(config, prepared, "flow-run")
+        return open_run(config, prepared.snapshot, "work-key", "local:test", "flow-run", False).run_id
 
     with pytest.raises(ValidationFailed, match=r"min_dataset_size: 59 rows pass the row checks; at least 1000"):
         check(strict, str(tmp_path / "strict"))

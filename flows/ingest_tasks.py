@@ -1,0 +1,93 @@
+"""Prefect tasks of the ingest flow: thin wrappers of the ingest/validate stages, retries only around I/O.
+
+Nothing here imports torch or the training/evaluation stack, so an ingest flow run (often one that finds
+no new annotations) starts in seconds.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.tasks import exponential_backoff
+
+from flows.retries import retry_transient
+from pipeline.base_model import base_model_fingerprint
+from pipeline.config import PipelineConfig, Settings
+from pipeline.ingest.pull import Pull, pull_project, pull_summary
+from pipeline.track import change_detection
+from pipeline.track.change_detection import TrainDecision
+from pipeline.validate.prepare import PreparedDataset, prepare_dataset
+from pipeline.validate.report import validation_summary
+from pipeline.validate.snapshot import previous_snapshot
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, full: bool = False) -> Pull:
+    """Pull the configured Label Studio project (incrementally from the last snapshot under `snapshots_root`)."""
+    pull = pull_project(Settings(), config.labelstudio, snapshots_root=snapshots_root, full=full)
+    get_run_logger().info("%s", pull_summary(pull))
+    return pull
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+def send_annotator_feedback(config: PipelineConfig, pull: Pull, prepared: PreparedDataset) -> None:
+    """Mark tasks that failed a check in Label Studio (task meta + the "needs fix" view); clear fixed ones."""
+    from pipeline.validate.feedback import feedback_for_snapshot
+
+    if not config.labelstudio.feedback:
+        return
+    result = feedback_for_snapshot(Settings(), config.labelstudio, pull.project.id, prepared.snapshot.path)
+    get_run_logger().info("feedback to annotators: %s", result.as_dict())
+
+
+# Prefect table artifacts are for reading in the UI; the full table is failures.parquet in the snapshot.
+_ARTIFACT_MAX_ROWS = 1000
+
+
+@task
+def validate_and_snapshot(pull: Pull, snapshots_root: str, config: PipelineConfig) -> PreparedDataset:
+    """Validate, reconcile and snapshot; publish the report and the failure table (see stop_on_validation_errors)."""
+    prepared = prepare_dataset(pull, snapshots_root, config, previous_snapshot(snapshots_root))
+    logger = get_run_logger()
+    logger.info("reconciliation:\n%s", prepared.reconciliation.table())
+    logger.info("validation:\n%s", validation_summary(prepared.validation))
+    report = (prepared.snapshot.path / "validation_report.md").read_text()
+    create_markdown_artifact(report, key="validation-report", description="pandera checks and reconciliation")
+    failures = pd.read_parquet(prepared.snapshot.path / "failures.parquet")
+    rows = failures.head(_ARTIFACT_MAX_ROWS).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+    if rows:
+        create_table_artifact(
+            rows,
+            key="validation-failures",
+            description=f"{len(failures)} failures (first {len(rows)} shown); full table: failures.parquet",
+        )
+    return prepared
+
+
+@task
+def stop_on_validation_errors(prepared: PreparedDataset) -> None:
+    """Checks with policy `error` stop the flow here: after annotators got their feedback, before an MLflow
+    run is opened or anything is trained."""
+    prepared.validation.raise_for_errors()
+
+
+@task
+def check_base_model(config: PipelineConfig) -> str:
+    """Resolve the base model before anything is pulled: a missing or unreachable one stops the flow here
+    with one line; returns its fingerprint (weights hash or hub commit) for change detection."""
+    fingerprint = base_model_fingerprint(config.base_model)
+    get_run_logger().info("base model %s: %s", config.base_model, fingerprint)
+    return fingerprint
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+def decide_training(
+    prepared: PreparedDataset, config: PipelineConfig, base_fingerprint: str, force: bool
+) -> TrainDecision:
+    """Train only when the accepted dataset differs enough from the last trained one (or when forced)."""
+    decision = change_detection.decide_training(
+        prepared.snapshot, config, base_fingerprint, Settings().mlflow_tracking_uri, force=force
+    )
+    get_run_logger().info("%s: %s", "training" if decision.train else "not training", decision.reason)
+    return decision

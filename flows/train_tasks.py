@@ -1,0 +1,138 @@
+"""Prefect tasks of the train flow: thin wrappers of the train/evaluate/track stages."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from flows.retries import retry_transient
+from pipeline.config import PipelineConfig, Settings
+from pipeline.track import tracking
+from pipeline.track.promotion import Assessment, assess_adapter, promote, write_artifacts
+from pipeline.track.work_runs import RunClaim, claim_run
+from pipeline.train.launch import train_with_torchrun
+from pipeline.train.recipe import train_adapter
+from pipeline.train.results import TrainResult
+from pipeline.validate.snapshot import Snapshot
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+def open_run(
+    config: PipelineConfig, snapshot: Snapshot, key: str, base_fingerprint: str, flow_run_id: str, force: bool
+) -> RunClaim:
+    """The MLflow run of this work: reopened after a crash, reported as finished when it already is, or new
+    (with params, tags, the dataset inputs, the validation artifacts and the data counts)."""
+    uri = Settings().mlflow_tracking_uri
+    claim = claim_run(
+        uri,
+        config,
+        snapshot,
+        key=key,
+        base_fingerprint=base_fingerprint,
+        tags={"prefect_flow_run_id": flow_run_id},
+        force=force,
+    )
+    logger = get_run_logger()
+    if claim.finished:
+        logger.info("work %s was already trained in MLflow run %s", key, claim.run_id)
+    elif claim.resumed:
+        logger.info("resuming work %s in MLflow run %s", key, claim.run_id)
+    else:
+        tracking.log_artifacts(uri, claim.run_id, snapshot.path, "validation")
+        counts = snapshot.meta.get("reconciliation", {})
+        tracking.log_metrics(
+            uri,
+            claim.run_id,
+            {
+                f"data_{name}": float(counts[field])
+                for name, field in (
+                    ("tasks_seen", "tasks_seen"),
+                    ("rows_accepted", "accepted"),
+                    ("rows_quarantined", "quarantined"),
+                    ("tasks_unusable", "unusable"),
+                )
+                if isinstance(counts.get(field), int | float)
+            },
+        )
+    return claim
+
+
+# A Prefect retry of the train task resumes from the newest checkpoint (train_adapter(resume=True)).
+@task(retries=1, retry_delay_seconds=5)
+def train(config: PipelineConfig, snapshot: Snapshot, run_id: str, adapter_dir: str) -> TrainResult:
+    """Train on the snapshot's frozen train rows, resuming from the newest checkpoint of this work if there is
+    one, streaming step metrics to the MLflow run; `train.gpus > 1` runs the DDP path under torchrun."""
+    settings = Settings()
+    steps = tracking.StepLogger(settings.mlflow_tracking_uri, run_id)
+    try:
+        if config.train.gpus > 1:
+            result = train_with_torchrun(config, snapshot.path, adapter_dir)
+            for log in result.history:
+                steps(log)
+        else:
+            train_df, eval_df = snapshot.split()
+            result = train_adapter(
+                config, train_df, eval_df, adapter_dir, dataset_hash=snapshot.hash, on_step=steps, resume=True
+            )
+    finally:
+        steps.flush()
+    tracking.log_metrics(
+        settings.mlflow_tracking_uri,
+        run_id,
+        {
+            "eval_loss": result.eval_loss,
+            "train_loss_final": result.final_loss,
+            "train_steps": result.steps,
+            "train_wall_time_s": result.wall_time_s,
+            "trainable_params": result.trainable_params,
+            "trainable_share": result.trainable_share,
+            "train_tokens_per_s": result.tokens_per_s,
+            "train_peak_memory_bytes": result.peak_memory_bytes,
+            "adapter_bytes": result.adapter_bytes,
+            "train_resumed_from_step": float(result.manifest.get("resumed_from_step", 0)),
+            **({"train_mfu": result.mfu} if result.mfu is not None else {}),
+        },
+    )
+    return result
+
+
+@task
+def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, run_id: str) -> Assessment:
+    """Forgetting check, task evaluation and gate verdict on the saved adapter; logs metrics, the report,
+    per-item scores, the side-by-side table, plots and the adapter itself."""
+    settings = Settings()
+    uri = settings.mlflow_tracking_uri
+    _, eval_df = snapshot.split()
+    assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri)
+    metrics = assessment.metrics()
+    if "forgetting_wall_time_s" in metrics and result.wall_time_s > 0:
+        # What the forgetting check costs next to training (issue 5 budget: <= 0.15 at the demo's settings).
+        metrics["forgetting_to_train_time_ratio"] = metrics["forgetting_wall_time_s"] / result.wall_time_s
+    tracking.log_metrics(uri, run_id, metrics)
+    out = write_artifacts(assessment, result.history, result.adapter_dir.parent / f"{run_id}-evaluation")
+    tracking.log_artifacts(uri, run_id, out, "evaluation")
+    tracking.log_table(uri, run_id, assessment.task.side_by_side, "evaluation/side_by_side_table.json")
+    tracking.log_artifacts(uri, run_id, result.adapter_dir, "adapter")
+    create_markdown_artifact(assessment.report_markdown(), key="promotion-gate", description="gate verdict")
+    verdict = assessment.verdict
+    get_run_logger().info("gate %s", "passed" if verdict.passed else f"failed: {verdict.failed_rules}")
+    return assessment
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+def promote_adapter(config: PipelineConfig, result: TrainResult, assessment: Assessment, run_id: str) -> str | None:
+    """Register a passing adapter in the MLflow registry under its alias; returns the version (None: gate failed)."""
+    uri = Settings().mlflow_tracking_uri
+    version = promote(config, result.adapter_dir, assessment, tracking_uri=uri, run_id=run_id)
+    if version is None:
+        return None
+    tracking.log_metrics(uri, run_id, {"registered_version": float(version.version)})
+    get_run_logger().info("registered %s version %s with aliases %s", version.name, version.version, version.aliases)
+    return str(version.version)
+
+
+@task
+def finish_tracking(run_id: str, status: str) -> None:
+    """Mark the MLflow run FINISHED or FAILED."""
+    tracking.end_run(Settings().mlflow_tracking_uri, run_id, status)
