@@ -7,7 +7,6 @@ two placements. Only a reference crosses: snapshot path + hash + config as plain
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,17 +24,7 @@ from flows.ingest_tasks import (
 )
 from flows.outcomes import IngestOutcome, TrainOutcome
 from flows.work_dir import default_work_dir
-from pipeline.config import PipelineConfig, load_config
-
-CONFIG_ENV = "LORA_PIPELINE_CONFIG"
-BASE_MODEL_ENV = "LORA_PIPELINE_BASE_MODEL"
-
-
-def resolve_config(config_path: str | None, base_model: str | None) -> PipelineConfig:
-    """Config file: the parameter, else `$LORA_PIPELINE_CONFIG`, else the built-in defaults; base model:
-    the parameter, else `$LORA_PIPELINE_BASE_MODEL`, else the config's."""
-    path = config_path or os.environ.get(CONFIG_ENV) or None
-    return load_config(path, base_model=base_model or os.environ.get(BASE_MODEL_ENV) or None)
+from pipeline.config import resolve_config
 
 
 @flow(name="lora-ingest", log_prints=True)

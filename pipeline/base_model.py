@@ -11,6 +11,8 @@ import hashlib
 from pathlib import Path
 
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+# Local weight files up to this size are hashed in full; bigger ones by size + safetensors header.
+_FULL_HASH_LIMIT = 2 * 1024**3
 
 
 class BaseModelError(ValueError):
@@ -27,20 +29,34 @@ def base_model_fingerprint(base_model: str) -> str:
     return f"hub:{base_model}@{_hub_revision(base_model)}"
 
 
-def _hash_local(path: Path) -> str:
-    config = path / "config.json"
-    if not config.is_file():
-        raise BaseModelError(f"base model directory {path} has no config.json (is it a saved model?)")
-    weights = sorted(p for g in _WEIGHT_GLOBS for p in path.glob(g) if p.is_file())
-    if not weights:
-        raise BaseModelError(f"base model directory {path} has no weight files (*.safetensors or *.bin)")
+def local_weights_hash(path: Path) -> str:
+    """sha256 over a model directory's weight files and config.json (the value adapter manifests record as
+    `base_model.weights_hash`); files above 2 GiB count by name, size and first MiB, so that a 70B checkpoint
+    does not cost minutes of hashing per run."""
     h = hashlib.sha256()
-    for p in [config, *weights]:
-        h.update(p.name.encode())
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 22):
+    for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]:
+        if p.is_file():
+            _hash_file(h, p)
+    return h.hexdigest()
+
+
+def _hash_file(h: hashlib._Hash, path: Path) -> None:
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with path.open("rb") as f:
+        if size <= _FULL_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()[:16]
+        else:
+            h.update(f.read(1 << 20))  # safetensors header and first tensors
+
+
+def _hash_local(path: Path) -> str:
+    if not (path / "config.json").is_file():
+        raise BaseModelError(f"base model directory {path} has no config.json (is it a saved model?)")
+    if not any(p.is_file() for g in _WEIGHT_GLOBS for p in path.glob(g)):
+        raise BaseModelError(f"base model directory {path} has no weight files (*.safetensors or *.bin)")
+    return local_weights_hash(path)[:16]
 
 
 def _hub_revision(repo_id: str) -> str:

@@ -40,25 +40,20 @@ def _cmd_webhook_receiver(args: argparse.Namespace) -> int:
 
 
 def _cmd_register_webhook(args: argparse.Namespace) -> int:
-    from pipeline.config import Settings, load_config
-    from pipeline.ingest.client import LabelStudioError, connect, get_project
+    from pipeline.config import Settings, resolve_config
+    from pipeline.ingest.client import LabelStudioError, connect, find_project, get_project
     from pipeline.ingest.webhooks import register_webhook
 
-    # The config the flows use: --config, else $LORA_PIPELINE_CONFIG, else the defaults.
-    cfg = load_config(args.config or os.environ.get("LORA_PIPELINE_CONFIG") or None).labelstudio
+    cfg = resolve_config(args.config).labelstudio  # the config the flows use
     settings = Settings()
     client = connect(settings.label_studio_url, settings.require_label_studio_key(), timeout_s=cfg.timeout_s)
-    if cfg.project_id is not None:
-        project_id = cfg.project_id
-    else:
-        ids = sorted(int(p.id) for p in client.projects.list(title=cfg.project_title) if p.title == cfg.project_title)
-        if len(ids) != 1:
-            raise LabelStudioError(
-                f"{len(ids)} Label Studio projects are titled {cfg.project_title!r}"
-                + (f" (ids {ids}); set labelstudio.project_id" if ids else "; create it with `labelstudio init`")
-            )
-        project_id = ids[0]
-    project = get_project(client, project_id)
+    project = (
+        get_project(client, cfg.project_id) if cfg.project_id is not None else find_project(client, cfg.project_title)
+    )
+    if project is None:
+        raise LabelStudioError(
+            f"no Label Studio project is titled {cfg.project_title!r}; create it with `lora-pipeline labelstudio init`"
+        )
     hook = register_webhook(client, project.id, args.url, _webhook_secret())
     print(
         f"Label Studio project {project.id} ({project.title}) sends annotation changes to {args.url} (webhook {hook})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -354,6 +355,18 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> PipelineCon
         data = loaded
     data.update({k: v for k, v in overrides.items() if v is not None})
     return PipelineConfig.model_validate(data)
+
+
+# Where a deployed flow (or a CLI command run on a worker) finds its config and base model when not told.
+CONFIG_ENV = "LORA_PIPELINE_CONFIG"
+BASE_MODEL_ENV = "LORA_PIPELINE_BASE_MODEL"
+
+
+def resolve_config(config_path: str | None, base_model: str | None = None) -> PipelineConfig:
+    """Config file: the argument, else `$LORA_PIPELINE_CONFIG`, else the built-in defaults; base model: the
+    argument, else `$LORA_PIPELINE_BASE_MODEL`, else the config's."""
+    path = config_path or os.environ.get(CONFIG_ENV) or None
+    return load_config(path, base_model=base_model or os.environ.get(BASE_MODEL_ENV) or None)
 
 
 class Settings(BaseSettings):

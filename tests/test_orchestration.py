@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from pipeline.config import PipelineConfig
 from pipeline.demo.runner import seed_project
 from pipeline.ingest.client import connect, iter_tasks, submit_annotation
-from pipeline.ingest.server import LocalLabelStudio, free_port
+from pipeline.ingest.server import LocalLabelStudio, free_port, spawn_server, stop_server
 from pipeline.track.work_runs import work_key
 from pipeline.train.checkpoint import checkpoint_root, list_checkpoints
 from pipeline.train.recipe import train_adapter
@@ -84,22 +84,6 @@ class Stack:
         )
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def stack(
     label_studio: LocalLabelStudio, mlflow_server: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -147,10 +131,11 @@ def stack(
         "OMP_NUM_THREADS": "1",
     }
     procs = [
-        _spawn(
+        spawn_server(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
             env,
             logs / "server.log",
+            ROOT,
         )
     ]
     try:
@@ -167,11 +152,11 @@ def stack(
         assert "work pool gpu: created, concurrency limit 1" in deployed.stdout
         for pool in ("cpu", "gpu"):
             cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", f"worker-{pool}", "--limit", "1"]
-            procs.append(_spawn(cmd, env, logs / f"worker-{pool}.log"))
+            procs.append(spawn_server(cmd, env, logs / f"worker-{pool}.log", ROOT))
         yield Stack(api_url, env, root / "work", config, mlflow_server, label_studio, logs)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_server(proc)
 
 
 def _healthy(url: str) -> bool:
@@ -230,10 +215,11 @@ def test_an_annotation_fires_a_webhook_that_triggers_the_ingest_deployment(stack
     client = connect(stack.label_studio.url, stack.label_studio.token)
     project = next(p for p in client.projects.list() if p.title == PROJECT)
     port = free_port()
-    receiver = _spawn(
+    receiver = spawn_server(
         [str(BIN / "lora-pipeline"), "webhook-receiver", "--port", str(port), "--quiet-s", "1", "--max-wait-s", "5"],
         stack.env,
         stack.logs / "receiver.log",
+        ROOT,
     )
     try:
         _wait("the webhook receiver", lambda: _healthy(f"http://127.0.0.1:{port}/health"), 60)
@@ -261,7 +247,7 @@ def test_an_annotation_fires_a_webhook_that_triggers_the_ingest_deployment(stack
         assert "waiting for orchestration.min_changed_rows=3" in final.state.message
         assert len(stack.flow_runs("lora-train/gpu")) == 1
     finally:
-        _stop(receiver)
+        stop_server(receiver)
     assert "emitted" in (stack.logs / "receiver.log").read_text().lower()
 
 

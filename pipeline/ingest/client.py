@@ -91,18 +91,20 @@ def get_project(client: LabelStudio, project_id: int) -> ProjectRef:
     return _project_ref(project)
 
 
+def find_project(client: LabelStudio, title: str) -> ProjectRef | None:
+    """The one project titled `title` (labeling config checked), None when there is none; several are an error."""
+    ids = sorted(int(p.id) for p in client.projects.list(title=title) if p.title == title)
+    if len(ids) > 1:
+        raise LabelStudioError(
+            f"{len(ids)} Label Studio projects are titled {title!r} (ids {ids}); set labelstudio.project_id to pick one"
+        )
+    return get_project(client, ids[0]) if ids else None
+
+
 def ensure_project(client: LabelStudio, title: str, categories: Sequence[str]) -> ProjectRef:
     """The project titled `title`, created with the pipeline's labeling config if it does not exist."""
-    matches = [p for p in client.projects.list(title=title) if p.title == title]
-    if len(matches) > 1:
-        ids = sorted(int(p.id) for p in matches)
-        raise LabelStudioError(
-            f"{len(matches)} Label Studio projects are titled {title!r} (ids {ids}); "
-            "set labelstudio.project_id to pick one"
-        )
-    if matches:
-        ref = get_project(client, int(matches[0].id))
-    else:
+    ref = find_project(client, title)
+    if ref is None:
         created = client.projects.create(title=title, label_config=build_labeling_config(tuple(categories)))
         ref = get_project(client, int(created.id))
     missing = sorted(set(categories) - set(ref.categories))

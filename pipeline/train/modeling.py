@@ -13,11 +13,8 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.base_model import local_weights_hash
 from pipeline.config import LoraConfig
-
-# Local weight files up to this size are hashed in full; bigger ones by size + safetensors header,
-# so that a 70B checkpoint does not cost minutes of hashing per run.
-_FULL_HASH_LIMIT = 2 * 1024**3
 
 
 def resolve_device(device: Literal["auto", "cpu", "cuda"]) -> torch.device:
@@ -99,17 +96,6 @@ def attach_lora(model: PreTrainedModel, lora: LoraConfig, *, gradient_checkpoint
         raise ValueError(f"lora.target_modules={lora.target_modules!r} does not fit this base model: {e}") from e
 
 
-def _hash_file(h: hashlib._Hash, path: Path) -> None:
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with path.open("rb") as f:
-        if size <= _FULL_HASH_LIMIT:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(f.read(1 << 20))  # safetensors header and first tensors
-
-
 @dataclass(frozen=True)
 class BaseFingerprint:
     """Identifies the exact base model an adapter was trained on."""
@@ -125,20 +111,17 @@ def fingerprint_base(base_model: str, model: PreTrainedModel, tokenizer: PreTrai
     """Hashes of the base weights (local dirs) or the hub revision, tokenizer vocab and chat template."""
     local = Path(base_model)
     revision = getattr(model.config, "_commit_hash", None)
-    h = hashlib.sha256()
     if local.is_dir():
-        for p in sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin")) + [local / "config.json"]:
-            if p.is_file():
-                _hash_file(h, p)
+        weights_hash = local_weights_hash(local)
     else:
-        h.update(f"{base_model}@{revision}".encode())
+        weights_hash = hashlib.sha256(f"{base_model}@{revision}".encode()).hexdigest()
     vocab = sorted(tokenizer.get_vocab().items())
     tok_hash = hashlib.sha256(repr(vocab).encode()).hexdigest()
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     return BaseFingerprint(
         model_id=base_model,
         revision=revision,
-        weights_hash=h.hexdigest(),
+        weights_hash=weights_hash,
         tokenizer_hash=tok_hash,
         chat_template_hash=hashlib.sha256(template.encode()).hexdigest() if template else None,
     )
