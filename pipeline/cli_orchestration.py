@@ -11,13 +11,10 @@ SECRET_ENV = "LORA_PIPELINE_WEBHOOK_SECRET"
 
 
 def _webhook_secret() -> str:
-    secret = os.environ.get(SECRET_ENV, "")
-    if not secret or "change-me" in secret:
-        raise ValueError(
-            f"{SECRET_ENV} is not set (or still a change-me placeholder); set it to a random string, e.g. "
-            'python -c "import secrets;print(secrets.token_hex(20))", for both the receiver and the webhook'
-        )
-    return secret
+    """The shared secret of the receiver and the webhook, checked (empty, placeholder, not header-safe)."""
+    from pipeline.ingest.webhooks import check_secret
+
+    return check_secret(os.environ.get(SECRET_ENV, ""))
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:

@@ -277,10 +277,22 @@ def test_debouncer_refuses_bad_windows(quiet_s: float, max_wait_s: float, names:
         Debouncer(quiet_s=quiet_s, max_wait_s=max_wait_s, emit=Collector())
 
 
-@pytest.mark.parametrize("secret", ["", " padded ", "naïve"])
+@pytest.mark.parametrize("secret", ["", " padded ", "naïve", "change-me-webhook-secret"])
 def test_receiver_refuses_an_unusable_secret(secret: str) -> None:
     with pytest.raises(ValueError, match=r"LORA_PIPELINE_WEBHOOK_SECRET|ASCII"):
         start_in_thread("127.0.0.1", 0, secret, emit=Collector())
+
+
+def test_cli_refuses_the_placeholder_secret_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lora-pipeline webhook-receiver` with .env.example's placeholder exits 2 before it listens."""
+    from pipeline.cli import main
+
+    monkeypatch.setenv("LORA_PIPELINE_WEBHOOK_SECRET", "change-me-webhook-secret")
+    assert main(["webhook-receiver", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lora-pipeline: error: the webhook secret is still the .env.example placeholder")
 
 
 def test_real_emit_refuses_to_start_without_a_prefect_api() -> None:

@@ -54,6 +54,11 @@ def check_secret(secret: str) -> str:
             "the webhook secret is empty; set LORA_PIPELINE_WEBHOOK_SECRET to a random string, e.g. "
             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
+    if "change-me" in secret:
+        raise ValueError(
+            "the webhook secret is still the .env.example placeholder (change-me); set LORA_PIPELINE_WEBHOOK_SECRET "
+            "to a random string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
     if not (secret.isascii() and secret.isprintable()) or secret != secret.strip():
         raise ValueError(
             "the webhook secret must be printable ASCII without surrounding spaces (it travels as an HTTP "
