@@ -168,8 +168,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     from pipeline.config import Settings, load_config
-    from pipeline.ingest.client import connect, ensure_project, get_project
-    from pipeline.ingest.http_retry import RetryPolicy
+    from pipeline.ingest.client import connect, ensure_project, get_project, retry_policy
     from pipeline.ingest.project_setup import import_prompts, read_prompts
 
     cfg = load_config(args.config).labelstudio
@@ -179,7 +178,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         settings.label_studio_url,
         settings.require_label_studio_key(),
         timeout_s=cfg.timeout_s,
-        policy=RetryPolicy(retries=cfg.retries, backoff_s=cfg.backoff_s),
+        policy=retry_policy(cfg),
     )
     if cfg.project_id is not None:
         project = get_project(client, cfg.project_id)

@@ -38,12 +38,17 @@ def _cmd_webhook_receiver(args: argparse.Namespace) -> int:
 
 def _cmd_register_webhook(args: argparse.Namespace) -> int:
     from pipeline.config import Settings, resolve_config
-    from pipeline.ingest.client import LabelStudioError, connect, find_project, get_project
+    from pipeline.ingest.client import LabelStudioError, connect, find_project, get_project, retry_policy
     from pipeline.ingest.webhooks import register_webhook
 
     cfg = resolve_config(args.config).labelstudio  # the config the flows use
     settings = Settings()
-    client = connect(settings.label_studio_url, settings.require_label_studio_key(), timeout_s=cfg.timeout_s)
+    client = connect(
+        settings.label_studio_url,
+        settings.require_label_studio_key(),
+        timeout_s=cfg.timeout_s,
+        policy=retry_policy(cfg),
+    )
     project = (
         get_project(client, cfg.project_id) if cfg.project_id is not None else find_project(client, cfg.project_title)
     )

@@ -55,6 +55,9 @@ class LabelStudioConfig(_Strict):
     # Retries per request on 429, 5xx and dropped connections, with exponential backoff from backoff_s.
     retries: int = Field(default=5, ge=0, le=20)
     backoff_s: float = Field(default=0.5, ge=0)
+    # A server that is down (refused connections, 502/503/504) is waited for this long per request, past
+    # `retries`: a Label Studio restart during a pull costs time, not a failed run. 0 turns it off.
+    outage_patience_s: float = Field(default=90.0, ge=0)
     # Which annotation wins per task: ground truth, else `latest` submitted, or the `majority` category.
     annotation_rule: Literal["latest", "majority"] = "latest"
     # Fetch only tasks updated since the last snapshot's watermark (minus the overlap); --full ignores it.

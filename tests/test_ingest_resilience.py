@@ -45,6 +45,7 @@ class FlakyProxy:
         stall_s: float = 0.0,
         seed: int = 0,
         max_request_line: int | None = None,
+        port: int = 0,
     ):
         self.upstream, self.fail_rate, self.stall_rate, self.stall_s = upstream, fail_rate, stall_rate, stall_s
         self.max_request_line = max_request_line  # answer 414 above it, as gunicorn (4094) and nginx (8k) do
@@ -64,7 +65,8 @@ class FlakyProxy:
 
             do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.upstream_down = 0  # requests answered 502 because the upstream refused the connection
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.client = httpx.Client(timeout=60)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -101,7 +103,16 @@ class FlakyProxy:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else None
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP | {"host"}}
-        r = self.client.request(h.command, self.upstream + h.path, content=body, headers=headers)
+        try:
+            r = self.client.request(h.command, self.upstream + h.path, content=body, headers=headers)
+        except httpx.ConnectError:
+            # What a reverse proxy answers while the server behind it restarts.
+            with self.lock:
+                self.upstream_down += 1
+            h.send_response(502)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         h.send_response(r.status_code)
         for k, v in r.headers.items():
             if k.lower() not in _HOP:
@@ -132,7 +143,14 @@ def project(label_studio: LocalLabelStudio) -> Iterator[int]:
 
 
 def _cfg(project_id: int, **kw: object) -> LabelStudioConfig:
-    base = {"project_id": project_id, "categories": CATS, "export_chunk_size": 4, "workers": 2, "backoff_s": 0.01}
+    base = {
+        "project_id": project_id,
+        "categories": CATS,
+        "export_chunk_size": 4,
+        "workers": 2,
+        "backoff_s": 0.01,
+        "outage_patience_s": 0.0,  # these tests count retries; tests/test_ingest_outage.py waits out outages
+    }
     return LabelStudioConfig(**{**base, **kw})
 
 

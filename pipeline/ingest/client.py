@@ -28,6 +28,13 @@ class LabelStudioError(RuntimeError):
     """Label Studio is unreachable, rejects our token, or lacks the project; the message says the fix."""
 
 
+class LabelStudioUnavailable(LabelStudioError):
+    """Label Studio stayed down (refused connections, 5xx, timeouts) past the retries and the outage patience.
+
+    Unlike a rejected token or a missing project this may pass: Prefect retries the task on it.
+    """
+
+
 class RequestLineTooLong(LabelStudioError):
     """The server (or a proxy) refused a request line as too long (HTTP 414)."""
 
@@ -41,6 +48,11 @@ class ProjectRef:
     categories: tuple[str, ...]
 
 
+def retry_policy(cfg: Any) -> RetryPolicy:
+    """The retry policy a `LabelStudioConfig` asks for (retries, backoff, outage patience)."""
+    return RetryPolicy(retries=cfg.retries, backoff_s=cfg.backoff_s, patience_s=cfg.outage_patience_s)
+
+
 def connect(url: str, api_key: str, *, timeout_s: float = 30.0, policy: RetryPolicy | None = None) -> LabelStudio:
     """A client for `url`, after checking that the server answers and accepts `api_key`.
 
@@ -52,9 +64,11 @@ def connect(url: str, api_key: str, *, timeout_s: float = 30.0, policy: RetryPol
     try:
         r = http.get(f"{base}/health")
     except httpx.HTTPError as e:
-        raise LabelStudioError(
+        raise LabelStudioUnavailable(
             f"Label Studio at {base} does not answer ({type(e).__name__}); start it or fix LABEL_STUDIO_URL"
         ) from None
+    if r.status_code in RETRY_STATUSES:
+        raise LabelStudioUnavailable(f"{base}/health answered HTTP {r.status_code}: Label Studio is not up yet")
     if r.status_code != 200:
         raise LabelStudioError(
             f"{base}/health answered HTTP {r.status_code}; is LABEL_STUDIO_URL a Label Studio server?"

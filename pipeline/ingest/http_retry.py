@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import httpx
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# What a restarting server (or its proxy) answers: retried past `retries` for up to `patience_s`.
+OUTAGE_STATUSES = frozenset({502, 503, 504})
 # Safe to repeat: a GET that failed half-way is simply asked again.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # For other methods (POST creates annotations, PATCH marks tasks) only failures that prove the
@@ -27,6 +29,22 @@ class RetryPolicy:
     retries: int = 5
     backoff_s: float = 0.5  # first wait; doubles per attempt, with jitter
     max_backoff_s: float = 20.0
+    # A server that is down (connection refused, 502/503/504) is waited for this long since the
+    # first failure of the request, polling every outage_poll_s, even after `retries` ran out:
+    # a restart of a minute costs a minute, not a failed pull.
+    patience_s: float = 0.0
+    outage_poll_s: float = 5.0
+
+    def keep_waiting(self, attempt: int, started: float, outage: bool) -> bool:
+        """Whether a request that failed `attempt + 1` times since `started` is tried again."""
+        if attempt < self.retries:
+            return True
+        return outage and time.monotonic() - started < self.patience_s
+
+    def next_wait_s(self, attempt: int, outage: bool, retry_after: str | None = None) -> float:
+        if attempt >= self.retries and outage:
+            return self.outage_poll_s * (0.5 + random.random() / 2)
+        return self.wait_s(min(attempt, self.retries), retry_after)
 
     def wait_s(self, attempt: int, retry_after: str | None = None) -> float:
         if retry_after is not None:
@@ -47,28 +65,34 @@ class RetryTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         idempotent = request.method in IDEMPOTENT
-        for attempt in range(self.policy.retries + 1):
-            last = attempt == self.policy.retries
+        started = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 response = self.inner.handle_request(request)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-                if last:
+                # Never reached the server: always safe to repeat, and what a restart looks like.
+                if not self.policy.keep_waiting(attempt, started, outage=True):
                     raise
-                time.sleep(self.policy.wait_s(attempt))
+                time.sleep(self.policy.next_wait_s(attempt, outage=True))
+                attempt += 1
                 continue
             except (httpx.ReadError, httpx.ReadTimeout, httpx.WriteError, httpx.RemoteProtocolError):
                 # The request may have reached the server: repeat only what is safe to repeat.
-                if last or not idempotent:
+                if not idempotent or not self.policy.keep_waiting(attempt, started, outage=False):
                     raise
-                time.sleep(self.policy.wait_s(attempt))
+                time.sleep(self.policy.next_wait_s(attempt, outage=False))
+                attempt += 1
                 continue
-            retryable = response.status_code in (RETRY_STATUSES if idempotent else _NEVER_APPLIED_STATUSES)
-            if not retryable or last:
+            status = response.status_code
+            retryable = status in (RETRY_STATUSES if idempotent else _NEVER_APPLIED_STATUSES)
+            outage = status in OUTAGE_STATUSES and (idempotent or status == 503)
+            if not retryable or not self.policy.keep_waiting(attempt, started, outage=outage):
                 return response
             retry_after = response.headers.get("Retry-After")
             response.close()
-            time.sleep(self.policy.wait_s(attempt, retry_after))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            time.sleep(self.policy.next_wait_s(attempt, outage, retry_after))
+            attempt += 1
 
     def close(self) -> None:
         self.inner.close()

@@ -16,8 +16,15 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from pipeline.config import LabelStudioConfig, Settings
-from pipeline.ingest.client import LabelStudioError, ProjectRef, connect, ensure_project, get_project
-from pipeline.ingest.http_retry import RetryPolicy
+from pipeline.ingest.client import (
+    LabelStudioError,
+    LabelStudioUnavailable,
+    ProjectRef,
+    connect,
+    ensure_project,
+    get_project,
+    retry_policy,
+)
 from pipeline.ingest.incremental import (
     Changes,
     Watermark,
@@ -104,7 +111,8 @@ def pull_tasks(
                 if floor is not None and item.stamp is not None and updated_after(item.stamp, floor):
                     recent[str(item.id)] = item.stamp
     except (httpx.HTTPError, ApiError) as e:
-        raise LabelStudioError(
+        transient = not isinstance(e, ApiError) or e.status_code is None or e.status_code >= 500
+        raise (LabelStudioUnavailable if transient else LabelStudioError)(
             f"pulling Label Studio project {project_id} from {url} failed after {cfg.retries} retries per "
             f"request ({type(e).__name__}: {str(e)[:200]}); the previous snapshot is untouched, run the pull again"
         ) from e
@@ -176,7 +184,7 @@ def pull_project(
     With `snapshots_root` the pull is incremental from the newest snapshot's watermark (unless
     `full` or `cfg.incremental` is off); see pipeline/ingest/incremental.py.
     """
-    policy = RetryPolicy(retries=cfg.retries, backoff_s=cfg.backoff_s)
+    policy = retry_policy(cfg)
     client = connect(
         settings.label_studio_url, settings.require_label_studio_key(), timeout_s=cfg.timeout_s, policy=policy
     )

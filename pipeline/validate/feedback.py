@@ -18,8 +18,7 @@ import pandas as pd
 from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
-from pipeline.ingest.client import connect, iter_task_fields, task_filter
-from pipeline.ingest.http_retry import RetryPolicy
+from pipeline.ingest.client import connect, iter_task_fields, retry_policy, task_filter
 from pipeline.ingest.records import NORMALIZE_HINTS
 from schemas.pairs import FIX_HINTS
 
@@ -115,7 +114,7 @@ def feedback_for_snapshot(
     settings: Settings, cfg: LabelStudioConfig, project_id: int, snapshot_dir: str | Path
 ) -> FeedbackResult:
     """Send the feedback of a written snapshot (its quarantine.parquet) to its Label Studio project."""
-    policy = RetryPolicy(retries=cfg.retries, backoff_s=cfg.backoff_s)
+    policy = retry_policy(cfg)
     client = connect(
         settings.label_studio_url, settings.require_label_studio_key(), timeout_s=cfg.timeout_s, policy=policy
     )
