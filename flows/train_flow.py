@@ -55,7 +55,8 @@ def train_flow(
     cfg = with_checkpoints(PipelineConfig.model_validate(config))
     snapshot = load_reference(snapshot_dir, snapshot_hash)
     key = work_key(snapshot.hash, cfg)
-    work = Path(work_dir or default_work_dir()) / "adapters" / key
+    root = Path(work_dir or default_work_dir())
+    work = root / "adapters" / key
     with exclusive_work(work):
         claim = open_run(cfg, snapshot, key, base_model_fingerprint, str(flow_run.id or ""), force)
         if claim.finished:
@@ -66,7 +67,7 @@ def train_flow(
         try:
             result = train(cfg, snapshot, claim.run_id, str(work / "adapter"))
             assessment = evaluate(cfg, result, snapshot, claim.run_id)
-            registered = promote_adapter(cfg, result, assessment, claim.run_id)
+            promotion = promote_adapter(cfg, result, assessment, snapshot, claim.run_id, str(root / "locks"))
         except BaseException:
             finish_tracking(claim.run_id, "FAILED")
             raise
@@ -76,8 +77,12 @@ def train_flow(
         work_key=key,
         adapter_dir=str(result.adapter_dir),
         snapshot_dir=snapshot_dir,
-        metrics={"eval_loss": result.eval_loss, "train_loss_final": result.final_loss, **assessment.metrics()},
-        gate_passed=assessment.verdict.passed,
-        registered_version=registered,
+        metrics={
+            "eval_loss": result.eval_loss,
+            "train_loss_final": result.final_loss,
+            **promotion.assessment.metrics(),
+        },
+        gate_passed=promotion.assessment.verdict.passed and promotion.version is not None,
+        registered_version=None if promotion.version is None else str(promotion.version.version),
         resumed=claim.resumed,
     )

@@ -9,7 +9,7 @@ from prefect.tasks import exponential_backoff
 from flows.retries import retry_transient
 from pipeline.config import PipelineConfig, Settings
 from pipeline.track import tracking
-from pipeline.track.promotion import Assessment, assess_adapter, promote, write_artifacts
+from pipeline.track.promotion import Assessment, Promotion, assess_adapter, promote, write_artifacts
 from pipeline.track.work_runs import RunClaim, claim_run
 from pipeline.train.launch import train_with_torchrun
 from pipeline.train.recipe import train_adapter
@@ -121,15 +121,29 @@ def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, ru
 
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
-def promote_adapter(config: PipelineConfig, result: TrainResult, assessment: Assessment, run_id: str) -> str | None:
-    """Register a passing adapter in the MLflow registry under its alias; returns the version (None: gate failed)."""
+def promote_adapter(
+    config: PipelineConfig, result: TrainResult, assessment: Assessment, snapshot: Snapshot, run_id: str, lock_dir: str
+) -> Promotion:
+    """Register a passing adapter under its alias, comparing with the champion again under the registry lock
+    if it moved meanwhile (then the new verdict and report replace the logged ones)."""
     uri = Settings().mlflow_tracking_uri
-    version = promote(config, result.adapter_dir, assessment, tracking_uri=uri, run_id=run_id)
+    _, eval_df = snapshot.split()
+    promotion = promote(
+        config, result.adapter_dir, assessment, tracking_uri=uri, run_id=run_id, eval_records=eval_df, lock_dir=lock_dir
+    )
+    logger = get_run_logger()
+    if promotion.reassessed:
+        again = promotion.assessment
+        tracking.log_metrics(uri, run_id, again.metrics())
+        tracking.log_text(uri, run_id, again.report_markdown(), "evaluation/gate_report.md")
+        logger.info("the champion moved during evaluation: %s", again.champion_note)
+    version = promotion.version
     if version is None:
-        return None
+        logger.info("not registered: gate failed %s", promotion.assessment.verdict.failed_rules)
+        return promotion
     tracking.log_metrics(uri, run_id, {"registered_version": float(version.version)})
-    get_run_logger().info("registered %s version %s with aliases %s", version.name, version.version, version.aliases)
-    return str(version.version)
+    logger.info("registered %s version %s with aliases %s", version.name, version.version, version.aliases)
+    return promotion
 
 
 @task

@@ -56,7 +56,16 @@ def test_passing_adapter_is_registered_as_candidate_referencing_its_base(
     assert "no `champion` alias" in assessment.champion_note
     run_id = _new_run(mlflow_server)
 
-    version = promote(cfg, result.adapter_dir, assessment, tracking_uri=mlflow_server, run_id=run_id)
+    promotion = promote(
+        cfg,
+        result.adapter_dir,
+        assessment,
+        tracking_uri=mlflow_server,
+        run_id=run_id,
+        eval_records=held,
+        lock_dir=tmp_path,
+    )
+    version = promotion.version
 
     assert version is not None and CANDIDATE in version.aliases and CHAMPION not in version.aliases
     assert get_alias(mlflow_server, "registry-test", CANDIDATE).version == version.version
@@ -77,19 +86,113 @@ def test_passing_adapter_is_registered_as_candidate_referencing_its_base(
 
 
 def test_auto_promotion_sets_champion_and_an_adapter_cannot_beat_itself(
-    mlflow_server: str, sane: tuple[PipelineConfig, TrainResult, pd.DataFrame]
+    mlflow_server: str, sane: tuple[PipelineConfig, TrainResult, pd.DataFrame], tmp_path: Path
 ) -> None:
     """With auto_promote the adapter becomes champion; assessed again, the champion is loaded next to it
     on the same base and scores the same held-out loss, so `beats_champion` (strictly lower) fails."""
     cfg, result, held = sane
     auto = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"auto_promote": True})})
     first = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
-    version = promote(auto, result.adapter_dir, first, tracking_uri=mlflow_server, run_id=_new_run(mlflow_server))
+    run_id = _new_run(mlflow_server)
+    version = promote(
+        auto, result.adapter_dir, first, tracking_uri=mlflow_server, run_id=run_id, eval_records=held, lock_dir=tmp_path
+    ).version
     assert version is not None and CHAMPION in version.aliases
+    # Registration leaves the run as it was: only the flow marks it FINISHED.
+    assert MlflowClient(mlflow_server).get_run(run_id).info.status == "RUNNING"
 
     again = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
     assert again.champion_version == version.version
     assert again.champion_task_loss == pytest.approx(again.task.adapter_loss, rel=1e-6)
     assert again.verdict.failed_rules == ["beats_champion"]
-    assert promote(auto, result.adapter_dir, again, tracking_uri=mlflow_server, run_id="unused") is None
+    kept = promote(
+        auto,
+        result.adapter_dir,
+        again,
+        tracking_uri=mlflow_server,
+        run_id="unused",
+        eval_records=held,
+        lock_dir=tmp_path,
+    )
+    assert kept.version is None and not kept.reassessed
     assert dataclasses.asdict(again.verdict)["rules"][-1]["name"] == "beats_champion"
+
+
+_PROMOTER = """
+import json, sys, time
+from pathlib import Path
+import pandas as pd
+from pipeline.config import PipelineConfig
+from pipeline.track.promotion import assess_adapter, promote
+from pipeline.track import tracking
+from pipeline.track.store import tracking_client
+
+uri, adapter, held, cfg_json, ready, go, out, lock_dir = sys.argv[1:9]
+cfg = PipelineConfig.model_validate_json(Path(cfg_json).read_text())
+records = pd.read_parquet(held)
+client = tracking_client(uri)
+exp = tracking.ensure_experiment(client, uri, "registry-race")
+run_id = client.create_run(exp.experiment_id).info.run_id
+assessment = assess_adapter(cfg, adapter, records, tracking_uri=uri)
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.01)
+p = promote(cfg, adapter, assessment, tracking_uri=uri, run_id=run_id, eval_records=records, lock_dir=lock_dir)
+Path(out).write_text(json.dumps({
+    "version": None if p.version is None else str(p.version.version),
+    "reassessed": p.reassessed,
+    "first_passed": assessment.verdict.passed,
+    "failed": p.assessment.verdict.failed_rules,
+}))
+"""
+
+
+@pytest.mark.parametrize("store", ["fresh", "initialised"])
+def test_two_concurrent_promotions_have_one_winner(
+    store: str, mlflow_server: str, sane: tuple[PipelineConfig, TrainResult, pd.DataFrame], tmp_path: Path
+) -> None:
+    """Two processes assess the same adapter while there is no champion (both pass), then promote at the same
+    moment: under the registry lock the second sees the champion moved, compares again and loses (an adapter
+    cannot beat itself). `fresh`: both first open a new SQLite store at once (MLflow's schema migration
+    raced there); `initialised`: the real MLflow server."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    cfg, result, held = sane
+    name = f"race-{store}"
+    auto = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"auto_promote": True, "registered_model": name})})
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}" if store == "fresh" else mlflow_server
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "cfg.json").write_text(auto.model_dump_json())
+    held.to_parquet(tmp_path / "held.parquet")
+    go = tmp_path / "go"
+    procs, outs, readies = [], [], []
+    for i in range(2):
+        out, ready = tmp_path / f"out{i}.json", tmp_path / f"ready{i}"
+        outs.append(out)
+        readies.append(ready)
+        args = [uri, str(result.adapter_dir), str(tmp_path / "held.parquet"), str(tmp_path / "cfg.json")]
+        args += [str(ready), str(go), str(out), str(tmp_path / "locks")]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        procs.append(subprocess.Popen([sys.executable, "-c", _PROMOTER, *args], env=env, stderr=subprocess.PIPE))
+    deadline = time.monotonic() + 600
+    while not all(r.exists() for r in readies):
+        assert all(p.poll() is None for p in procs), [p.stderr.read().decode()[-3000:] for p in procs if p.stderr]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-3000:]
+    results = [json.loads(o.read_text()) for o in outs]
+    assert all(r["first_passed"] for r in results)  # both would have won without the lock
+    winners = [r for r in results if r["version"] is not None]
+    assert len(winners) == 1, results
+    loser = next(r for r in results if r["version"] is None)
+    assert loser["reassessed"] and loser["failed"] == ["beats_champion"]
+    champion = get_alias(uri, name, CHAMPION)
+    assert champion is not None and str(champion.version) == winners[0]["version"]
+    assert len(MlflowClient(uri).search_model_versions(f"name = '{name}'")) == 1

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from label_studio_sdk import LabelStudio
-from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
 from pipeline.demo.sample_data import sample_pairs
@@ -28,6 +27,7 @@ from pipeline.ingest.client import (
 )
 from pipeline.ingest.server import LocalLabelStudio
 from pipeline.track.registry import CANDIDATE, CHAMPION, get_alias
+from pipeline.track.store import tracking_client
 
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
 
@@ -98,7 +98,7 @@ def promotion_summary(
     )
     lines = []
     if registered_version is not None:
-        version = MlflowClient(tracking_uri).get_model_version(model_name, registered_version)
+        version = tracking_client(tracking_uri).get_model_version(model_name, registered_version)
         aliases = ", ".join(f"`{a}`" for a in version.aliases) or "none"
         lines.append(f"promotion gate: PASS; registered {model_name} version {version.version}, alias {aliases}")
         lines += [f"  load it with:  models:/{model_name}@{a}" for a in version.aliases]

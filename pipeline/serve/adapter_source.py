@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.track.store import tracking_client
 from pipeline.train.manifest import MANIFEST
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
@@ -46,7 +47,6 @@ def _from_dir(path: Path) -> AdapterSource:
 def _from_registry(ref: str, tracking_uri: str | None, dest: str | Path | None) -> AdapterSource:
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from pipeline.track.registry import TAG_BASE_MODEL
 
@@ -54,7 +54,7 @@ def _from_registry(ref: str, tracking_uri: str | None, dest: str | Path | None) 
     if m is None:
         raise ValueError(f"{ref!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION")
     name, alias, version = m["name"], m["alias"], m["version"]
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as e:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
 from pipeline.config import PipelineConfig
+from pipeline.track.store import tracking_client
 from pipeline.validate.snapshot import HASHED_COLUMNS, Snapshot, load_snapshot
 
 # Run tags that identify what a training run trained (set by the train flow).
@@ -34,7 +34,7 @@ class TrainDecision:
 
 def last_trained_run(tracking_uri: str, experiment: str, config_hash: str, base_fingerprint: str) -> Run | None:
     """The newest FINISHED run for this (config hash, base model fingerprint), or None."""
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,16 @@ from pipeline.evaluate.forgetting import ForgettingReport, forgetting_check, loa
 from pipeline.evaluate.gate import GateVerdict, evaluate_gate
 from pipeline.evaluate.plots import forgetting_bars, loss_curves
 from pipeline.evaluate.task_eval import TaskEvaluation, evaluate_task, held_out_loss_with_adapter
-from pipeline.track.registry import CANDIDATE, CHAMPION, TAG_TASK_LOSS, fetch_champion, register_adapter
+from pipeline.track.registry import (
+    CANDIDATE,
+    CHAMPION,
+    TAG_COMPARED_TO,
+    TAG_TASK_LOSS,
+    fetch_champion,
+    get_alias,
+    register_adapter,
+)
+from pipeline.track.registry_lock import registry_lock
 from pipeline.train.manifest import MANIFEST
 from pipeline.train.results import StepLog
 
@@ -75,6 +84,32 @@ class Assessment:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class ChampionComparison:
+    """The champion this adapter was compared with (None: no champion, or one on another base)."""
+
+    version: str | None
+    task_loss: float | None
+    note: str
+
+
+def compare_champion(
+    model: Any, tokenizer: Any, config: PipelineConfig, adapter_dir: str | Path, eval_records: pd.DataFrame, uri: str
+) -> ChampionComparison:
+    """The current champion's held-out loss on this run's split, scored on the same base weights."""
+    manifest = json.loads((Path(adapter_dir) / MANIFEST).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        champ = fetch_champion(uri, config.gate.registered_model, tmp)
+        if champ is None:
+            return ChampionComparison(None, None, f"no `{CHAMPION}` alias on {config.gate.registered_model!r} yet")
+        version = str(champ.version.version)
+        if champ.base_weights_hash != manifest["base_model"]["weights_hash"]:
+            # Losses from different bases are not comparable token for token; say so instead of guessing.
+            return ChampionComparison(None, None, f"version {version} was trained on another base; not compared")
+        loss = held_out_loss_with_adapter(model, tokenizer, eval_records, str(champ.adapter_dir), config)
+        return ChampionComparison(version, loss, f"version {version}, held-out loss {loss:.4f} on this run's split")
+
+
 def assess_adapter(
     config: PipelineConfig, adapter_dir: str | Path, eval_records: pd.DataFrame, *, tracking_uri: str | None = None
 ) -> Assessment:
@@ -82,55 +117,89 @@ def assess_adapter(
     model, tokenizer = load_verified_adapter(config, adapter_dir)
     forgetting = forgetting_check(model, tokenizer, config)
     task = evaluate_task(model, tokenizer, eval_records, config)
-    champion_loss: float | None = None
-    champion_version: str | None = None
-    note = ""
+    champ = ChampionComparison(None, None, "")
     if config.gate.beat_champion and tracking_uri is not None:
-        manifest = json.loads((Path(adapter_dir) / MANIFEST).read_text())
-        with tempfile.TemporaryDirectory() as tmp:
-            champ = fetch_champion(tracking_uri, config.gate.registered_model, tmp)
-            if champ is None:
-                note = f"no `{CHAMPION}` alias on {config.gate.registered_model!r} yet"
-            elif champ.base_weights_hash != manifest["base_model"]["weights_hash"]:
-                # Losses from different bases are not comparable token for token; say so instead of guessing.
-                note = f"version {champ.version.version} was trained on another base; not compared"
-            else:
-                champion_version = str(champ.version.version)
-                champion_loss = held_out_loss_with_adapter(
-                    model, tokenizer, eval_records, str(champ.adapter_dir), config
-                )
-                note = f"version {champion_version}, held-out loss {champion_loss:.4f} on this run's split"
-    verdict = evaluate_gate(config.gate, task, forgetting, champion_task_loss=champion_loss)
+        champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri)
+    verdict = evaluate_gate(config.gate, task, forgetting, champion_task_loss=champ.task_loss)
     return Assessment(
         forgetting=forgetting,
         task=task,
         verdict=verdict,
-        champion_version=champion_version,
-        champion_task_loss=champion_loss,
-        champion_note=note,
+        champion_version=champ.version,
+        champion_task_loss=champ.task_loss,
+        champion_note=champ.note,
     )
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What promotion did: the registered version (None: the gate failed) and the assessment it went by,
+    which is a new one when the champion moved while this adapter was being evaluated."""
+
+    version: ModelVersion | None
+    assessment: Assessment
+    reassessed: bool = False
+
+
+def _champion_now(uri: str, config: PipelineConfig) -> str | None:
+    current = get_alias(uri, config.gate.registered_model, CHAMPION)
+    return None if current is None else str(current.version)
 
 
 def promote(
-    config: PipelineConfig, adapter_dir: str | Path, assessment: Assessment, *, tracking_uri: str, run_id: str
-) -> ModelVersion | None:
-    """Register a passing adapter under `candidate` (or `champion` with gate.auto_promote); None if it failed."""
+    config: PipelineConfig,
+    adapter_dir: str | Path,
+    assessment: Assessment,
+    *,
+    tracking_uri: str,
+    run_id: str,
+    eval_records: pd.DataFrame,
+    lock_dir: str | Path,
+) -> Promotion:
+    """Register a passing adapter under `candidate` (or `champion` with gate.auto_promote).
+
+    Compare-and-set under the registry lock (pipeline/track/registry_lock.py): the champion is read again
+    right before the alias moves; if it is no longer the one this adapter was compared with, the comparison
+    and the gate are run again against the new one. Two flows finishing at once never both win.
+    """
     if not assessment.verdict.passed:
-        return None
+        return Promotion(None, assessment)
     model, tokenizer = load_verified_adapter(config, adapter_dir)
     manifest: dict[str, Any] = json.loads((Path(adapter_dir) / MANIFEST).read_text())
     alias = CHAMPION if config.gate.auto_promote else CANDIDATE
-    return register_adapter(
-        tracking_uri,
-        run_id,
-        model,
-        tokenizer,
-        name=config.gate.registered_model,
-        alias=alias,
-        base_model=config.base_model,
-        manifest=manifest,
-        tags={TAG_TASK_LOSS: f"{assessment.task.adapter_loss:.6f}", "source_run_id": run_id},
-    )
+    reassessed = False
+    with registry_lock(lock_dir, config.gate.registered_model):
+        if config.gate.beat_champion and _champion_now(tracking_uri, config) != assessment.champion_version:
+            champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri)
+            verdict = evaluate_gate(
+                config.gate, assessment.task, assessment.forgetting, champion_task_loss=champ.task_loss
+            )
+            assessment = replace(
+                assessment,
+                verdict=verdict,
+                champion_version=champ.version,
+                champion_task_loss=champ.task_loss,
+                champion_note=f"{champ.note} (the champion moved during evaluation; compared again)",
+            )
+            reassessed = True
+            if not verdict.passed:
+                return Promotion(None, assessment, reassessed=True)
+        version = register_adapter(
+            tracking_uri,
+            run_id,
+            model,
+            tokenizer,
+            name=config.gate.registered_model,
+            alias=alias,
+            base_model=config.base_model,
+            manifest=manifest,
+            tags={
+                TAG_TASK_LOSS: f"{assessment.task.adapter_loss:.6f}",
+                "source_run_id": run_id,
+                TAG_COMPARED_TO: assessment.champion_version or "none",
+            },
+        )
+    return Promotion(version, assessment, reassessed)
 
 
 def write_artifacts(assessment: Assessment, history: list[StepLog], out_dir: str | Path) -> Path:

@@ -16,9 +16,10 @@ from typing import Any
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
+
+from pipeline.track.store import ensure_store, tracking_client
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -27,6 +28,8 @@ MODEL_ARTIFACT = "registered_adapter"
 TAG_BASE_MODEL = "base_model"
 TAG_BASE_WEIGHTS = "base_weights_hash"
 TAG_TASK_LOSS = "task_loss_adapter"
+# The champion version the gate compared this version with ("none": there was none).
+TAG_COMPARED_TO = "compared_to_champion"
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,12 @@ def register_adapter(
     tags: dict[str, str] | None = None,
 ) -> ModelVersion:
     """Log the adapter (not the base) as an MLflow transformers model in `run_id`, register it, set `alias`."""
+    ensure_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     local_base = Path(base_model)
     base_fp = manifest.get("base_model") or {}
-    with mlflow.start_run(run_id=run_id):
+    mlflow.start_run(run_id=run_id)
+    try:
         info = mlflow.transformers.log_model(
             {"model": model, "tokenizer": tokenizer},
             name=MODEL_ARTIFACT,
@@ -79,7 +84,11 @@ def register_adapter(
             pip_requirements=_requirements(),
             metadata={"base_model": base_model, "base_fingerprint": base_fp},
         )
-    client = MlflowClient(tracking_uri)
+    finally:
+        # Not FINISHED: leaving `with mlflow.start_run()` would mark the run done before its flow is
+        # (a kill after registration must not leave a run that claims to have finished).
+        mlflow.end_run(status="RUNNING")
+    client = tracking_client(tracking_uri)
     all_tags = {
         TAG_BASE_MODEL: base_model,
         TAG_BASE_WEIGHTS: str(base_fp.get("weights_hash", "")),
@@ -93,7 +102,7 @@ def register_adapter(
 
 def get_alias(tracking_uri: str, name: str, alias: str) -> ModelVersion | None:
     """The version behind `name@alias`, or None when the model or the alias does not exist yet."""
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as e:

@@ -13,10 +13,12 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Experiment, Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import _create_dataset_input
 
 from pipeline.config import PipelineConfig
+from pipeline.track.store import tracking_client
 from pipeline.train.results import StepLog
 from pipeline.validate.hf_dataset import HF_DIR, load_hf_dataset
 from pipeline.validate.snapshot import Snapshot
@@ -53,7 +55,14 @@ def ensure_experiment(client: MlflowClient, tracking_uri: str, name: str) -> Exp
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
         location = (db.parent / "mlartifacts").as_uri()
-    return client.get_experiment(client.create_experiment(name, artifact_location=location))
+    try:
+        return client.get_experiment(client.create_experiment(name, artifact_location=location))
+    except MlflowException as e:
+        # Another flow created it between our lookup and our create: use theirs.
+        created = client.get_experiment_by_name(name)
+        if e.error_code != "RESOURCE_ALREADY_EXISTS" or created is None:
+            raise
+        return created
 
 
 def start_run(
@@ -65,7 +74,7 @@ def start_run(
 ) -> str:
     """Create the run with params, tags and the snapshot as its training dataset input; returns the run id."""
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     experiment = ensure_experiment(client, tracking_uri, config.mlflow.experiment)
     source = snapshot.meta.get("source", {})
     all_tags = {
@@ -121,7 +130,7 @@ class StepLogger:
     (bench/results/orchestration_overhead.md), while a reviewer still sees the curve within seconds."""
 
     def __init__(self, tracking_uri: str, run_id: str, *, every_steps: int = 25, every_s: float = 10.0) -> None:
-        self.client = MlflowClient(tracking_uri)
+        self.client = tracking_client(tracking_uri)
         self.run_id = run_id
         self.every_steps, self.every_s = every_steps, every_s
         self._pending: list[Metric] = []
@@ -154,32 +163,32 @@ class StepLogger:
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
     """Log final metrics (non-finite values are skipped: MLflow stores them poorly)."""
     now = int(time.time() * 1000)
-    MlflowClient(tracking_uri).log_batch(
+    tracking_client(tracking_uri).log_batch(
         run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(float(v))]
     )
 
 
 def log_artifacts(tracking_uri: str, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
     """Upload a directory's files under `artifact_path`."""
-    MlflowClient(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
+    tracking_client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
 
 
 def log_artifact(tracking_uri: str, run_id: str, local_file: str | Path, artifact_path: str | None = None) -> None:
     """Upload one file."""
-    MlflowClient(tracking_uri).log_artifact(run_id, str(local_file), artifact_path)
+    tracking_client(tracking_uri).log_artifact(run_id, str(local_file), artifact_path)
 
 
 def log_table(tracking_uri: str, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
     """A table artifact (JSON) that the MLflow UI renders in its artifact view and evaluation tab."""
     columns = list(rows[0]) if rows else []
-    MlflowClient(tracking_uri).log_table(run_id, {c: [r[c] for r in rows] for c in columns}, artifact_file)
+    tracking_client(tracking_uri).log_table(run_id, {c: [r[c] for r in rows] for c in columns}, artifact_file)
 
 
 def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
     """A text artifact (Markdown reports render in the UI's artifact view)."""
-    MlflowClient(tracking_uri).log_text(run_id, text, artifact_file)
+    tracking_client(tracking_uri).log_text(run_id, text, artifact_file)
 
 
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run FINISHED or FAILED."""
-    MlflowClient(tracking_uri).set_terminated(run_id, status)
+    tracking_client(tracking_uri).set_terminated(run_id, status)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlflow.tracking import MlflowClient
-
 from pipeline.config import PipelineConfig
 from pipeline.track import tracking
 from pipeline.track.change_detection import TAG_BASE_FINGERPRINT, TAG_CONFIG_HASH, TAG_WORK_KEY
+from pipeline.track.store import tracking_client
 from pipeline.validate.snapshot import Snapshot
 
 
@@ -43,7 +42,7 @@ def claim_run(
 ) -> RunClaim:
     """The newest run tagged with `key`: reopened when an earlier attempt did not finish, returned as
     `finished` when it did (unless `force`); otherwise a new run with params, lineage and the work tags."""
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     exp = tracking.ensure_experiment(client, tracking_uri, config.mlflow.experiment)
     runs = client.search_runs(
         [exp.experiment_id],
