@@ -318,7 +318,7 @@ def step_logging_cost(mlflow_uri: str, steps: int) -> float:
     flush included, in a scratch experiment that change detection never reads."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.track.tracking import StepLogger
+    from pipeline.track.step_logger import StepLogger
     from pipeline.train.results import StepLog
 
     ml = MlflowClient(mlflow_uri)
@@ -330,6 +330,7 @@ def step_logging_cost(mlflow_uri: str, steps: int) -> float:
     for step in range(1, steps + 1):
         logger(StepLog(step=step, epoch=0, loss=1.0, learning_rate=2e-4, grad_norm=1.0, tokens_per_s=1e4))
     logger.flush()
+    logger.close()
     seconds = time.perf_counter() - t
     ml.set_terminated(run_id)
     return seconds

@@ -6,10 +6,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
+from flows.orphans import prefect_flow_run_ended
 from flows.retries import retry_transient
 from pipeline.config import PipelineConfig, Settings
+from pipeline.redact import redact
 from pipeline.track import tracking
+from pipeline.track.orphans import mark_orphaned_runs
+from pipeline.track.outage import reachable, tracking_outage
 from pipeline.track.promotion import Assessment, Promotion, assess_adapter, promote, write_artifacts
+from pipeline.track.step_logger import StepLogger
 from pipeline.track.work_runs import RunClaim, claim_run
 from pipeline.train.launch import train_with_torchrun
 from pipeline.train.recipe import train_adapter
@@ -24,6 +29,10 @@ def open_run(
     """The MLflow run of this work: reopened after a crash, reported as finished when it already is, or new
     (with params, tags, the dataset inputs, the validation artifacts and the data counts)."""
     uri = Settings().mlflow_tracking_uri
+    logger = get_run_logger()
+    # Runs left RUNNING by killed flows are ended as KILLED first (one may be this work's, resumed below).
+    for run_id, reason in mark_orphaned_runs(uri, config.mlflow.experiment, prefect_flow_run_ended):
+        logger.warning("MLflow run %s marked KILLED: %s", run_id, reason)
     claim = claim_run(
         uri,
         config,
@@ -33,7 +42,6 @@ def open_run(
         tags={"prefect_flow_run_id": flow_run_id},
         force=force,
     )
-    logger = get_run_logger()
     if claim.finished:
         logger.info("work %s was already trained in MLflow run %s", key, claim.run_id)
     elif claim.resumed:
@@ -63,8 +71,9 @@ def open_run(
 def train(config: PipelineConfig, snapshot: Snapshot, run_id: str, adapter_dir: str) -> TrainResult:
     """Train on the snapshot's frozen train rows, resuming from the newest checkpoint of this work if there is
     one, streaming step metrics to the MLflow run; `train.gpus > 1` runs the DDP path under torchrun."""
-    settings = Settings()
-    steps = tracking.StepLogger(settings.mlflow_tracking_uri, run_id)
+    uri = Settings().mlflow_tracking_uri
+    # Metrics go out from a background thread: an MLflow outage never stalls training (see step_logger.py).
+    steps = StepLogger(uri, run_id, adapter_dir=adapter_dir)
     try:
         if config.train.gpus > 1:
             result = train_with_torchrun(config, snapshot.path, adapter_dir)
@@ -75,25 +84,27 @@ def train(config: PipelineConfig, snapshot: Snapshot, run_id: str, adapter_dir: 
             result = train_adapter(
                 config, train_df, eval_df, adapter_dir, dataset_hash=snapshot.hash, on_step=steps, resume=True
             )
+        steps.flush(timeout_s=config.mlflow.outage_patience_s)
     finally:
-        steps.flush()
-    tracking.log_metrics(
-        settings.mlflow_tracking_uri,
-        run_id,
-        {
-            "eval_loss": result.eval_loss,
-            "train_loss_final": result.final_loss,
-            "train_steps": result.steps,
-            "train_wall_time_s": result.wall_time_s,
-            "trainable_params": result.trainable_params,
-            "trainable_share": result.trainable_share,
-            "train_tokens_per_s": result.tokens_per_s,
-            "train_peak_memory_bytes": result.peak_memory_bytes,
-            "adapter_bytes": result.adapter_bytes,
-            "train_resumed_from_step": float(result.manifest.get("resumed_from_step", 0)),
-            **({"train_mfu": result.mfu} if result.mfu is not None else {}),
-        },
-    )
+        steps.close()
+    with tracking_outage(uri, run_id, adapter_dir, "the training metrics"):
+        tracking.log_metrics(
+            uri,
+            run_id,
+            {
+                "eval_loss": result.eval_loss,
+                "train_loss_final": result.final_loss,
+                "train_steps": result.steps,
+                "train_wall_time_s": result.wall_time_s,
+                "trainable_params": result.trainable_params,
+                "trainable_share": result.trainable_share,
+                "train_tokens_per_s": result.tokens_per_s,
+                "train_peak_memory_bytes": result.peak_memory_bytes,
+                "adapter_bytes": result.adapter_bytes,
+                "train_resumed_from_step": float(result.manifest.get("resumed_from_step", 0)),
+                **({"train_mfu": result.mfu} if result.mfu is not None else {}),
+            },
+        )
     return result
 
 
@@ -109,11 +120,12 @@ def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, ru
     if "forgetting_wall_time_s" in metrics and result.wall_time_s > 0:
         # What the forgetting check costs next to training (issue 5 budget: <= 0.15 at the demo's settings).
         metrics["forgetting_to_train_time_ratio"] = metrics["forgetting_wall_time_s"] / result.wall_time_s
-    tracking.log_metrics(uri, run_id, metrics)
     out = write_artifacts(assessment, result.history, result.adapter_dir.parent / f"{run_id}-evaluation")
-    tracking.log_artifacts(uri, run_id, out, "evaluation")
-    tracking.log_table(uri, run_id, assessment.task.side_by_side, "evaluation/side_by_side_table.json")
-    tracking.log_artifacts(uri, run_id, result.adapter_dir, "adapter")
+    with tracking_outage(uri, run_id, result.adapter_dir, "the evaluation and the adapter"):
+        tracking.log_metrics(uri, run_id, metrics)
+        tracking.log_artifacts(uri, run_id, out, "evaluation")
+        tracking.log_table(uri, run_id, assessment.task.side_by_side, "evaluation/side_by_side_table.json")
+        tracking.log_artifacts(uri, run_id, result.adapter_dir, "adapter")
     create_markdown_artifact(assessment.report_markdown(), key="promotion-gate", description="gate verdict")
     verdict = assessment.verdict
     get_run_logger().info("gate %s", "passed" if verdict.passed else f"failed: {verdict.failed_rules}")
@@ -148,5 +160,16 @@ def promote_adapter(
 
 @task
 def finish_tracking(run_id: str, status: str) -> None:
-    """Mark the MLflow run FINISHED or FAILED."""
-    tracking.end_run(Settings().mlflow_tracking_uri, run_id, status)
+    """Mark the MLflow run FINISHED or FAILED. FAILED is best effort: the flow is failing already (perhaps
+    because MLflow is down), and its own error is the one to report; the run stays RUNNING then, and the next
+    flow's sweep ends it as KILLED."""
+    uri = Settings().mlflow_tracking_uri
+    if status == "FINISHED":
+        tracking.end_run(uri, run_id, status)
+        return
+    if not reachable(uri):
+        get_run_logger().warning(
+            "MLflow at %s is unreachable: run %s could not be marked %s", redact(uri), run_id, status
+        )
+        return
+    tracking.end_run(uri, run_id, status)

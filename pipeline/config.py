@@ -281,6 +281,9 @@ class ValidationConfig(_Strict):
 
 class MlflowConfig(_Strict):
     experiment: str = "lora-pipeline"
+    # How long the end of training waits for an unreachable MLflow to take the buffered step metrics before
+    # the run fails with a one-line message (the adapter stays on disk; a rerun resumes).
+    outage_patience_s: float = Field(default=300.0, ge=0)
 
 
 class OrchestrationConfig(_Strict):
@@ -335,6 +338,7 @@ class PipelineConfig(_Strict):
         data = self.model_dump(mode="json")
         data.pop("base_model")
         data.pop("orchestration")
+        data["mlflow"].pop("outage_patience_s")
         ls = data.pop("labelstudio")
         data["labelstudio"] = {k: ls[k] for k in ("project_title", "project_id", "categories", "annotation_rule")}
         for key in ("checkpoint_every_steps", "keep_checkpoints"):

@@ -56,54 +56,62 @@ def ls_client(ls_env: LocalLabelStudio) -> LabelStudio:
     return connect(ls_env.url, ls_env.token)
 
 
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """A real `mlflow server` (sqlite backend under `root`, proxied artifacts) on loopback `port`, healthy."""
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    with (root / "server.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                str(mlflow_bin),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited early:\n{(root / 'server.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_mlflow_server(proc)
+            raise RuntimeError(f"mlflow server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_mlflow_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server of `start_mlflow_server` and its workers (its process group)."""
+    from pipeline.ingest.server import stop_server
+
+    stop_server(proc)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (sqlite backend, proxied artifacts) on loopback; yields its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    proc = start_mlflow_server(root, port)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited early:\n{(root / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_mlflow_server(proc)
 
 
 @pytest.fixture(scope="session")

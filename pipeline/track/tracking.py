@@ -19,7 +19,6 @@ from mlflow.tracking.fluent import _create_dataset_input
 
 from pipeline.config import PipelineConfig
 from pipeline.track.store import tracking_client
-from pipeline.train.results import StepLog
 from pipeline.validate.hf_dataset import HF_DIR, load_hf_dataset
 from pipeline.validate.snapshot import Snapshot
 
@@ -119,45 +118,6 @@ def snapshot_inputs(snapshot: Snapshot) -> list[tuple[Any, str]]:
         )
         for split, context in (("train", "training"), ("eval", "evaluation"))
     ]
-
-
-class StepLogger:
-    """Logs training steps' metrics to a run; pass an instance as `train_adapter(on_step=...)` and call
-    `flush()` when training ends (or fails).
-
-    Steps are sent in batches, every `every_steps` steps or `every_s` seconds, whichever comes first: one
-    synchronous request per optimizer step cost the demo's training loop ~1/3 of its time
-    (bench/results/orchestration_overhead.md), while a reviewer still sees the curve within seconds."""
-
-    def __init__(self, tracking_uri: str, run_id: str, *, every_steps: int = 25, every_s: float = 10.0) -> None:
-        self.client = tracking_client(tracking_uri)
-        self.run_id = run_id
-        self.every_steps, self.every_s = every_steps, every_s
-        self._pending: list[Metric] = []
-        self._steps = 0
-        self._last_flush = time.monotonic()
-
-    def __call__(self, log: StepLog) -> None:
-        now = int(time.time() * 1000)
-        values = {
-            "train_loss": log.loss,
-            "learning_rate": log.learning_rate,
-            "grad_norm": log.grad_norm,
-            "tokens_per_s": log.tokens_per_s,
-            "padding_fraction": log.padding_fraction,
-            "eval_loss_step": log.eval_loss,  # NaN (skipped) on steps that did not evaluate
-        }
-        self._pending += [Metric(k, float(v), now, log.step) for k, v in values.items() if math.isfinite(v)]
-        self._steps += 1
-        if self._steps >= self.every_steps or time.monotonic() - self._last_flush >= self.every_s:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send what is buffered (MLflow takes at most 1000 metrics per request)."""
-        pending, self._pending, self._steps = self._pending, [], 0
-        self._last_flush = time.monotonic()
-        for start in range(0, len(pending), 1000):
-            self.client.log_batch(self.run_id, metrics=pending[start : start + 1000])
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:

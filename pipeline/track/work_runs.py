@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pipeline.config import PipelineConfig
 from pipeline.track import tracking
 from pipeline.track.change_detection import TAG_BASE_FINGERPRINT, TAG_CONFIG_HASH, TAG_WORK_KEY
+from pipeline.track.orphans import TAG_KILLED_REASON, owner_tags
 from pipeline.track.store import tracking_client
 from pipeline.validate.snapshot import Snapshot
 
@@ -57,13 +58,17 @@ def claim_run(
         if last.info.status != "FINISHED":
             attempts = int(last.data.tags.get("attempts", "1")) + 1
             client.update_run(last.info.run_id, status="RUNNING")
-            client.set_tag(last.info.run_id, "attempts", str(attempts))
+            for name, value in {**owner_tags(), **(tags or {}), "attempts": str(attempts)}.items():
+                client.set_tag(last.info.run_id, name, value)
+            if TAG_KILLED_REASON in last.data.tags:
+                client.delete_tag(last.info.run_id, TAG_KILLED_REASON)
             return RunClaim(last.info.run_id, resumed=True)
     all_tags = {
         TAG_WORK_KEY: key,
         TAG_CONFIG_HASH: config.training_fingerprint(),
         TAG_BASE_FINGERPRINT: base_fingerprint,
         "attempts": "1",
+        **owner_tags(),
         **(tags or {}),
     }
     return RunClaim(tracking.start_run(tracking_uri, config, snapshot, tags=all_tags))
