@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -26,11 +26,13 @@ import pandas as pd
 from pipeline.ingest.labeling_config import CATEGORY_NAME, PROMPT_NAME, RESPONSE_NAME
 from pipeline.ingest.task_checks import (
     CHECK_HINTS,
+    EARLIEST,
     ID_MAX,
     data_problem,
     parse_instant,
     preview,
     task_problem,
+    utc_text,
     valid_id,
 )
 
@@ -98,7 +100,7 @@ def pick_annotation(task: dict[str, Any], rule: AnnotationRule = "latest") -> tu
         if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
             return None, MAJORITY_TIE
         pool = [a for a in submitted if _category_vote(a) == ranked[0][0]]
-    winner = max(pool, key=lambda a: (_instant(a.get("updated_at")), _int_or_zero(a.get("id"))))
+    winner = max(pool, key=lambda a: (_instant(a.get("updated_at")), a.get("id") or 0))  # ids checked: int
     return winner, None
 
 
@@ -110,20 +112,9 @@ def _category_vote(annotation: dict[str, Any]) -> str | None:
     return repr(choices) if all(isinstance(c, str) for c in choices) else preview(choices)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _instant(value: object) -> datetime:
-    """A timestamp as an aware UTC datetime: compared as instants, not strings (".5Z" vs "Z", offsets).
-
-    Timestamps were checked (task_checks); a missing one sorts first.
-    """
-    parsed = parse_instant(value) if isinstance(value, str) else None
-    return parsed or _EPOCH
-
-
-def _int_or_zero(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A (checked) timestamp as an aware UTC datetime, compared as an instant, not a string; missing sorts first."""
+    return (parse_instant(value) if isinstance(value, str) else None) or EARLIEST
 
 
 def _result_value(annotation: dict[str, Any], from_name: str, key: str) -> list[Any] | None:
@@ -137,24 +128,13 @@ def _result_value(annotation: dict[str, Any], from_name: str, key: str) -> list[
 
 def _annotator(annotation: dict[str, Any]) -> str:
     who = annotation.get("completed_by")
-    if isinstance(who, dict):  # exports may expand the user (checked: a string email or a valid id)
-        who = who.get("email") if isinstance(who.get("email"), str) else who.get("id")
+    if isinstance(who, dict):  # exports may expand the user (checked: an email or a valid id)
+        who = who.get("email") or who.get("id")
     return "" if who is None else str(who)
-
-
-def _optional_text(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value if isinstance(value, str) else None
 
 
 def _int_or_none(value: object) -> int | None:
     return value if valid_id(value) else None  # type: ignore[return-value]
-
-
-def _utc_text(value: object) -> str | None:
-    """A checked timestamp in one canonical UTC form, so that every later reader parses it the same way."""
-    parsed = parse_instant(value) if isinstance(value, str) else None
-    return None if parsed is None else parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _text_problem(text: str) -> tuple[str, str] | None:
@@ -248,7 +228,7 @@ def normalize_task(
         return _rejected(task_id, ann_id, "category_is_text", "category is not a string", category)
     # TextArea keeps one text per submission; several are joined line by line.
     response = "\n".join(texts)
-    system, context = _optional_text(data, "system"), _optional_text(data, "context")
+    system, context = data.get("system"), data.get("context")  # checked: strings or None
     fields = {"prompt": prompt, "response": response, "category": category, "system": system, "context": context}
     for name, value in fields.items():
         problem = _text_problem(value) if value is not None else None
@@ -264,7 +244,7 @@ def normalize_task(
         "response": response,
         "category": category,
         "annotator": _safe_text(_annotator(annotation)),
-        "updated_at": _utc_text(updated),
+        "updated_at": utc_text(updated),
         "ground_truth": annotation.get("ground_truth") is True,
         "system": system,
         "context": context,

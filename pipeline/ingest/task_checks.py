@@ -93,6 +93,12 @@ def parse_instant(value: str) -> datetime | None:
     return parsed if EARLIEST <= parsed < LATEST else None
 
 
+def utc_text(value: object) -> str | None:
+    """A checked timestamp in one canonical UTC form (None if missing), so that every reader parses it alike."""
+    parsed = parse_instant(value) if isinstance(value, str) else None
+    return None if parsed is None else parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclass(frozen=True)
 class Problem:
     """Why a task is quarantined at the boundary: the check, a reason naming task/annotation/field, the value."""
@@ -143,7 +149,8 @@ def annotation_problem(annotation: object, task_id: int, position: int) -> Probl
             return Problem("timestamp_valid", why, value, ann_id)
     who = annotation.get("completed_by")
     if isinstance(who, dict):  # exports may expand the user
-        who_ok = isinstance(who.get("email"), str) or valid_id(who.get("id"))
+        email = who.get("email")
+        who_ok = (isinstance(email, str) and email != "") or (email in (None, "") and valid_id(who.get("id")))
     else:
         who_ok = who is None or valid_id(who)
     if not who_ok:
