@@ -145,7 +145,7 @@ def set_path(task: dict[str, Any], path: Sequence[Any], value: Any) -> None:
         else:
             del node[last]
     else:
-        node[last] = value
+        node[last] = copy.deepcopy(value)  # JUNK's lists and dicts are shared: later mutations must not reach them
 
 
 def add_extra(task: dict[str, Any], extra: str) -> None:
