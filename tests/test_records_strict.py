@@ -288,3 +288,17 @@ def test_every_new_check_has_a_fix_hint_that_feedback_shows() -> None:
 def test_store_format_was_bumped_for_the_strict_reading() -> None:
     """Stores written by the lenient normalizer (format 3) hold outcomes of another meaning: a full pull follows."""
     assert STORE_FORMAT == 4
+
+
+def test_webhook_ids_past_int64_and_deep_jsonl_are_clean_errors(tmp_path: Path) -> None:
+    """The other JSON readers of ingest: a webhook naming an id past 2^63, a JSONL line nested 100,000 deep."""
+    from pipeline.ingest.webhooks import parse_webhook
+    from pipeline.jsonl import read_jsonl_objects
+
+    body = json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": 2**64}}).encode()
+    with pytest.raises(ValueError, match=r"'project.id' must be an id in 1..2\^63-1"):
+        parse_webhook(body)
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"tasks\.jsonl line 1: unusable JSON"):
+        read_jsonl_objects(path, "tasks.jsonl")
