@@ -23,6 +23,10 @@ def read_jsonl_objects(source: Traversable | Path, label: str) -> list[tuple[int
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{label} line {lineno}: invalid JSON ({exc.msg}); one JSON object per line") from None
+        except (ValueError, RecursionError) as exc:  # a 4,300+ digit number; nesting past the recursion limit
+            raise ValueError(
+                f"{label} line {lineno}: unusable JSON ({type(exc).__name__}); one JSON object per line"
+            ) from None
         if not isinstance(obj, dict):
             raise ValueError(f"{label} line {lineno}: expected a JSON object, got {type(obj).__name__}")
         out.append((lineno, obj))

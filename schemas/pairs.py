@@ -37,7 +37,7 @@ FIX_HINTS: dict[str, str] = {
     "result_matches_config": "re-annotate the task with the project's current labeling config",
     "single_category": "choose exactly one category",
     "category_is_text": "re-submit the annotation choosing one category",
-    "task_id_invalid": "the exported task has no id; re-export from Label Studio",
+    "task_id_invalid": "the exported task has no integer id in 1..2^63-1; re-export from Label Studio",
     "task_id_duplicate": "the same task appears twice in the source; export again or remove the copy",
     "no_duplicate_prompts": "this prompt is already in the dataset; rewrite it or remove the task",
     "no_near_duplicate_prompts": "vary the wording; near-identical prompts teach one narrow pattern",

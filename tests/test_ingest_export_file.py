@@ -69,10 +69,15 @@ def _malformed(i: int, rng: random.Random) -> tuple[dict[str, Any] | Any, str]:
         return _task(rng.choice(["12", None, 1.5, True]), {"prompt": f"Q{i}?"}, [_ann(i, ok)]), "task_id_invalid"
     if kind == 9:
         return rng.choice([None, 17, "task", ["list"]]), "task_id_invalid"
-    if kind == 10:
-        return _task(i, None, rng.choice([None, 5, "x", [None, 3]])), rng.choice(["no_annotation"])
-    if kind == 11:
-        return _task(i, {"prompt": f"Q{i}?"}, [_ann(i, rng.choice([None, "x", 5, {"a": 1}]))]), "empty_response"
+    if kind == 10:  # annotations missing, not a list, or holding non-objects: each its own bucket
+        bad_annotations, bucket = rng.choice(
+            [(None, "no_annotation"), (5, "annotations_is_list"), ("x", "annotations_is_list"),
+             ([None, 3], "annotation_is_object")]
+        )  # fmt: skip
+        return _task(i, None, bad_annotations), bucket
+    if kind == 11:  # no result is no response; a result that is not a list is malformed
+        result, bucket = rng.choice([(None, "empty_response"), ("x", "result_is_list"), ({"a": 1}, "result_is_list")])
+        return _task(i, {"prompt": f"Q{i}?"}, [_ann(i, result)]), bucket
     if kind == 12:
         return _task(i, {"prompt": f"Q{i}?"}, [_ann(i, ok, was_cancelled=True)]), "only_skipped"
     if kind == 13:  # a category the project does not offer: a pandera row check

@@ -302,7 +302,7 @@ def test_record_fields() -> None:
         completed_by=7,
         ground_truth=True,
     )
-    t = task(9, [ann], prompt="Is pier 1 step-free?", system="You are the ferry helpdesk.", context=17)
+    t = task(9, [ann], prompt="Is pier 1 step-free?", system="You are the ferry helpdesk.")
     rec = only_record(normalize_tasks([t], project_id=99))
     assert rec["task_id"] == 9
     assert rec["annotation_id"] == 171
@@ -316,7 +316,7 @@ def test_record_fields() -> None:
     assert str(rec["updated_at"].tz) == "UTC"
     assert bool(rec["ground_truth"]) is True
     assert rec["system"] == "You are the ferry helpdesk."
-    assert rec["context"] is None  # not a string -> dropped, not coerced
+    assert rec["context"] is None  # absent (a non-string is quarantined: tests/test_records_strict.py)
 
 
 def test_record_dtypes_and_fallbacks() -> None:

@@ -213,17 +213,35 @@ def _get(client: LabelStudio, path: str, params: Any) -> httpx.Response:
     return r
 
 
-def _json(body: bytes) -> Any:
+def parse_json(body: bytes | str, where: str) -> Any:
+    """JSON from Label Studio (an API answer or an export file); a `ValueError` names `where` when it is not JSON.
+
+    Never a RecursionError: orjson refuses nesting deeper than 1,024 levels, and the stdlib (tried only for
+    what orjson refuses, e.g. escaped lone surrogates) runs out of stack below that.
+    """
     try:
         return orjson.loads(body)  # several times faster than the stdlib on export chunks
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
+        first = str(e)
+    try:
         # orjson refuses escaped lone surrogates that the stdlib accepts: bad task data, still a task.
         return json.loads(body)
+    except RecursionError:
+        raise ValueError(f"{where} is not usable JSON: nested too deeply ({first})") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of over 4,300 digits
+        raise ValueError(f"{where} is not JSON ({e})") from None
 
 
 def raw_get(client: LabelStudio, path: str, params: Any) -> Any:
     """GET an API path the SDK does not cover well, through the client's retrying transport and auth."""
-    return _json(_get(client, path, params).content)
+    return _json(_get(client, path, params).content, path)
+
+
+def _json(body: bytes, path: str) -> Any:
+    try:
+        return parse_json(body, f"GET {path}'s answer")
+    except ValueError as e:
+        raise LabelStudioError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -254,7 +272,7 @@ def newest_task_stamps(client: LabelStudio, project_id: int, *, limit: int) -> t
         "query": json.dumps({"ordering": ["-tasks:updated_at"]}),
     }
     r = _get(client, "/api/tasks", params)
-    body = _json(r.content)
+    body = _json(r.content, "/api/tasks")
     stamps = {int(t["id"]): str(t["updated_at"]) for t in body["tasks"]}
     return ProjectState(task_count=int(body["total"]), server_time=_server_time(r)), stamps
 
@@ -325,7 +343,7 @@ def task_id_bounds(client: LabelStudio, project_id: int) -> tuple[int, int, Proj
             "query": json.dumps({"ordering": [ordering]}),
         }
         r = _get(client, "/api/tasks", params)
-        body = _json(r.content)
+        body = _json(r.content, "/api/tasks")
         states.append(ProjectState(task_count=int(body["total"]), server_time=_server_time(r)))
         if not body["tasks"]:
             return 0, -1, states[0]

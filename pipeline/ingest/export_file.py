@@ -7,16 +7,16 @@ holding them is quarantined with `valid_unicode` instead of the whole file being
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import LabelStudioConfig
-from pipeline.ingest.client import ProjectRef
+from pipeline.ingest.client import ProjectRef, parse_json
 from pipeline.ingest.incremental import canonical_task
 from pipeline.ingest.pull import Pull
 from pipeline.ingest.records import normalize_tasks
+from pipeline.ingest.task_checks import valid_id
 
 
 def read_export_file(path: str | Path) -> list[Any]:
@@ -24,11 +24,9 @@ def read_export_file(path: str | Path) -> list[Any]:
     p = Path(path)
     text = p.read_bytes().decode("utf-8", errors="surrogateescape")
     try:
-        tasks = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{p} is not JSON ({e.msg} at line {e.lineno}); export the project with Export > JSON"
-        ) from None
+        tasks = parse_json(text, str(p))
+    except ValueError as e:
+        raise ValueError(f"{e}; export the project with Export > JSON") from None
     if not isinstance(tasks, list):
         raise ValueError(
             f"{p} holds a JSON {type(tasks).__name__}, not a list of tasks; export with Export > JSON "
@@ -41,7 +39,7 @@ def pull_export_file(path: str | Path, cfg: LabelStudioConfig) -> Pull:
     """A `Pull` from an export file; the categories come from the config (the file has no labeling config)."""
     p = Path(path)
     tasks = read_export_file(p)
-    projects = Counter(t.get("project") for t in tasks if isinstance(t, dict) and isinstance(t.get("project"), int))
+    projects = Counter(t.get("project") for t in tasks if isinstance(t, dict) and valid_id(t.get("project")))
     project_id = projects.most_common(1)[0][0] if projects else 0
     canonical = (canonical_task(t) if isinstance(t, dict) else t for t in tasks)
     normalized = normalize_tasks(canonical, project_id=project_id, rule=cfg.annotation_rule)

@@ -31,6 +31,7 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 
 from pipeline.ingest.client import (
+    LabelStudioError,
     ProjectState,
     draft_exists_query,
     export_ids_per_request,
@@ -41,13 +42,18 @@ from pipeline.ingest.client import (
     task_id_bounds,
     updated_since_query,
 )
+from pipeline.ingest.task_checks import preview, valid_id
 from pipeline.ingest.task_store import STORE_DIR, STORE_FORMAT, StoredTask, file_sha256
 
 _ANNOTATION_KEYS = ("id", "completed_by", "result", "was_cancelled", "ground_truth", "created_at", "updated_at")
 
 
 def canonical_task(task: dict[str, Any]) -> dict[str, Any]:
-    """The fields normalization reads, identical whether the task came from the tasks API or an export."""
+    """The fields normalization reads, identical whether the task came from the tasks API or an export.
+
+    Malformed values are kept as they are (a non-list `annotations`, a non-object annotation), so that
+    normalization quarantines them with a reason instead of reading them as "no annotations".
+    """
     anns = task.get("annotations")
     drafts = task.get("drafts")
     return {
@@ -56,10 +62,9 @@ def canonical_task(task: dict[str, Any]) -> dict[str, Any]:
         "updated_at": task.get("updated_at"),
         "data": task.get("data"),
         "meta": task.get("meta") if isinstance(task.get("meta"), dict) else {},
-        "annotations": [
-            {k: a.get(k) for k in _ANNOTATION_KEYS} if isinstance(a, dict) else a
-            for a in (anns if isinstance(anns, list) else [])
-        ],
+        "annotations": [{k: a.get(k) for k in _ANNOTATION_KEYS} if isinstance(a, dict) else a for a in anns]
+        if isinstance(anns, list)
+        else anns,
         # Only whether drafts exist matters (they never reach training).
         "drafts": [{"id": d.get("id") if isinstance(d, dict) else None} for d in (drafts or [])]
         if isinstance(drafts, list)
@@ -127,15 +132,22 @@ def overlap_floor(as_of: datetime, overlap_s: float) -> datetime:
 
 
 def updated_after(stamp: str, floor: datetime) -> bool:
-    """Whether a task's `updated_at` is after `floor` (an unreadable stamp is not)."""
+    """Whether a task's `updated_at` is after `floor` (an unreadable or out-of-range stamp is not)."""
     try:
         return _instant(stamp) > floor
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a stamp at the calendar's edge moved to UTC
         return False
 
 
-def _by_id(tasks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted((canonical_task(t) for t in tasks), key=lambda t: t["id"])
+def _by_id(tasks: Iterable[Any]) -> list[dict[str, Any]]:
+    """Tasks of an export answer, canonical, in id order; a task without a valid id is a server error."""
+    canonical = []
+    for position, task in enumerate(tasks):
+        if not isinstance(task, dict) or not valid_id(task.get("id")):
+            what = "is not an object" if not isinstance(task, dict) else f"has id {preview(task.get('id'))}"
+            raise LabelStudioError(f"Label Studio's export answer: task #{position + 1} {what}, not an integer id")
+        canonical.append(canonical_task(task))
+    return sorted(canonical, key=lambda t: t["id"])
 
 
 def ids_to_fetch(

@@ -6,6 +6,8 @@ updated one (ties broken by the higher annotation id). With the `majority` rule 
 most submitted annotations chose wins (its latest annotation supplies the response) and a tie
 is quarantined for adjudication. Drafts live outside `annotations` and never reach training.
 
+Every field read is first checked for the JSON type Label Studio writes (pipeline/ingest/task_checks.py):
+a malformed flag, id, timestamp or result quarantines the task with a reason, never a lenient reading.
 Task data is only ever treated as text: nothing here renders it or follows it as a URL.
 """
 
@@ -15,13 +17,24 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from pipeline.ingest.labeling_config import CATEGORY_NAME, PROMPT_NAME, RESPONSE_NAME
+from pipeline.ingest.task_checks import (
+    CHECK_HINTS,
+    EARLIEST,
+    ID_MAX,
+    data_problem,
+    parse_instant,
+    preview,
+    task_problem,
+    utc_text,
+    valid_id,
+)
 
 PAIR_COLUMNS: tuple[str, ...] = (
     "task_id",
@@ -40,8 +53,6 @@ PAIR_COLUMNS: tuple[str, ...] = (
 QUARANTINE_COLUMNS: tuple[str, ...] = ("task_id", "annotation_id", "stage", "check", "reason", "value")
 UNUSABLE_COLUMNS: tuple[str, ...] = ("task_id", "reason")
 
-# Longest failing value kept in reports; the full row stays in the snapshot's quarantine file.
-_VALUE_PREVIEW = 120
 # Longer texts are not training pairs but pasted documents or runaway input; quarantined.
 MAX_TEXT_CHARS = 100_000
 AnnotationRule = Literal["latest", "majority"]
@@ -54,13 +65,8 @@ NORMALIZE_HINTS: dict[str, str] = {
     "text_too_long": f"shorten the text to under {MAX_TEXT_CHARS:,} characters",
     "valid_unicode": "the text holds invalid Unicode (lone surrogates); re-import or retype it",
     "no_control_characters": "remove control characters (other than tab and newline) from the text",
+    **CHECK_HINTS,
 }
-
-
-def preview(value: object) -> str:
-    """A value shortened for a report cell; repr() so that stray whitespace stays visible."""
-    text = repr(value)
-    return text if len(text) <= _VALUE_PREVIEW else text[: _VALUE_PREVIEW - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -80,45 +86,35 @@ def _list(value: object) -> list[Any]:
 def pick_annotation(task: dict[str, Any], rule: AnnotationRule = "latest") -> tuple[dict[str, Any] | None, str | None]:
     """The winning annotation of a task, or (None, reason): an unusable reason, or MAJORITY_TIE."""
     annotations = [a for a in _list(task.get("annotations")) if isinstance(a, dict)]
-    submitted = [a for a in annotations if not a.get("was_cancelled")]
+    submitted = [a for a in annotations if a.get("was_cancelled") is not True]
     if not submitted:
         if annotations:
             return None, "only_skipped"
         if task.get("drafts"):
             return None, "only_drafts"
         return None, "no_annotation"
-    pool = [a for a in submitted if a.get("ground_truth")] or submitted
+    pool = [a for a in submitted if a.get("ground_truth") is True] or submitted
     if rule == "majority" and pool is submitted and len(submitted) > 1:
         votes = Counter(_category_vote(a) for a in submitted)
         ranked = votes.most_common()
         if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
             return None, MAJORITY_TIE
         pool = [a for a in submitted if _category_vote(a) == ranked[0][0]]
-    winner = max(pool, key=lambda a: (_instant(a.get("updated_at")), _int_or_zero(a.get("id"))))
+    winner = max(pool, key=lambda a: (_instant(a.get("updated_at")), a.get("id") or 0))  # ids checked: int
     return winner, None
 
 
 def _category_vote(annotation: dict[str, Any]) -> str | None:
     choices = _result_value(annotation, CATEGORY_NAME, "choices")
-    return repr(choices) if choices else None  # repr: any value votes, hashable
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+    if not choices:
+        return None
+    # repr: any value votes, hashable; nested junk is previewed (bounded), never recursed into.
+    return repr(choices) if all(isinstance(c, str) for c in choices) else preview(choices)
 
 
 def _instant(value: object) -> datetime:
-    """A timestamp as an aware UTC datetime: compared as instants, not strings (".5Z" vs "Z", offsets)."""
-    if not isinstance(value, str):
-        return _EPOCH
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return _EPOCH
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _int_or_zero(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A (checked) timestamp as an aware UTC datetime, compared as an instant, not a string; missing sorts first."""
+    return (parse_instant(value) if isinstance(value, str) else None) or EARLIEST
 
 
 def _result_value(annotation: dict[str, Any], from_name: str, key: str) -> list[Any] | None:
@@ -132,18 +128,13 @@ def _result_value(annotation: dict[str, Any], from_name: str, key: str) -> list[
 
 def _annotator(annotation: dict[str, Any]) -> str:
     who = annotation.get("completed_by")
-    if isinstance(who, dict):  # exports may expand the user
+    if isinstance(who, dict):  # exports may expand the user (checked: an email or a valid id)
         who = who.get("email") or who.get("id")
     return "" if who is None else str(who)
 
 
-def _optional_text(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value if isinstance(value, str) else None
-
-
 def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if valid_id(value) else None  # type: ignore[return-value]
 
 
 def _text_problem(text: str) -> tuple[str, str] | None:
@@ -180,6 +171,7 @@ class TaskOutcome:
 
 
 def _rejected(task_id: int | None, ann_id: int | None, check: str, reason: str, value: object) -> TaskOutcome:
+    """A quarantined outcome (the value previewed: bounded whatever its size or depth)."""
     row = {
         "task_id": task_id,
         "annotation_id": ann_id,
@@ -194,8 +186,11 @@ def _rejected(task_id: int | None, ann_id: int | None, check: str, reason: str, 
 def normalize_task(
     task: dict[str, Any], *, project_id: int | None = None, rule: AnnotationRule = "latest"
 ) -> TaskOutcome:
-    """The outcome of one task whose `id` is an integer (normalize_tasks checks ids across tasks)."""
+    """The outcome of one task whose `id` is valid (normalize_tasks checks ids across tasks)."""
     task_id = task["id"]
+    problem = task_problem(task, task_id)
+    if problem is not None:
+        return _rejected(task_id, problem.annotation_id, problem.check, problem.reason, problem.value)
     annotation, why = pick_annotation(task, rule)
     if why == MAJORITY_TIE:
         votes = sorted(str(_category_vote(a)) for a in _list(task.get("annotations")) if isinstance(a, dict))
@@ -203,7 +198,10 @@ def normalize_task(
     if annotation is None:
         return TaskOutcome("unusable", {"task_id": task_id, "reason": why})
     ann_id = _int_or_none(annotation.get("id"))
-    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    problem = data_problem(task.get("data"), task_id, ann_id)
+    if problem is not None:
+        return _rejected(task_id, ann_id, problem.check, problem.reason, problem.value)
+    data = task.get("data") or {}
     prompt = data.get(PROMPT_NAME)
     if not isinstance(prompt, str):
         return _rejected(task_id, ann_id, "prompt_is_text", f"data.{PROMPT_NAME} is missing or not a string", prompt)
@@ -230,7 +228,7 @@ def normalize_task(
         return _rejected(task_id, ann_id, "category_is_text", "category is not a string", category)
     # TextArea keeps one text per submission; several are joined line by line.
     response = "\n".join(texts)
-    system, context = _optional_text(data, "system"), _optional_text(data, "context")
+    system, context = data.get("system"), data.get("context")  # checked: strings or None
     fields = {"prompt": prompt, "response": response, "category": category, "system": system, "context": context}
     for name, value in fields.items():
         problem = _text_problem(value) if value is not None else None
@@ -246,8 +244,8 @@ def normalize_task(
         "response": response,
         "category": category,
         "annotator": _safe_text(_annotator(annotation)),
-        "updated_at": updated if isinstance(updated, str) else None,
-        "ground_truth": bool(annotation.get("ground_truth")),
+        "updated_at": utc_text(updated),
+        "ground_truth": annotation.get("ground_truth") is True,
         "system": system,
         "context": context,
     }
@@ -278,8 +276,10 @@ class OutcomeCollector:
     def check_id(self, task: object) -> int | None:
         """The task's id if it is a new integer id; otherwise the task is quarantined here and None returned."""
         raw_id = task.get("id") if isinstance(task, dict) else None
-        if not isinstance(raw_id, int) or isinstance(raw_id, bool):
-            self.add(_rejected(None, None, "task_id_invalid", "task has no integer id", raw_id))
+        if not valid_id(raw_id):
+            what = "is not an object" if not isinstance(task, dict) else f"has id {preview(raw_id)}"
+            why = f"task #{self.tasks_seen + 1} of the source {what}; a task needs an integer id in 1..{ID_MAX}"
+            self.add(_rejected(None, None, "task_id_invalid", why, task if not isinstance(task, dict) else raw_id))
             return None
         if raw_id in self.seen_ids:
             self.add(_rejected(raw_id, None, "task_id_duplicate", f"task id {raw_id} appears more than once", raw_id))

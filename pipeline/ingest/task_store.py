@@ -28,8 +28,8 @@ from pipeline.ingest.records import AnnotationRule, TaskOutcome, normalize_task
 
 STORE_DIR = ".labelstudio-tasks"
 # Bump when the line layout or what normalization produces changes: stores of another format are not
-# reused (the next pull is a full one).
-STORE_FORMAT = 3
+# reused (the next pull is a full one). 4: strict types at the boundary (task_checks), canonical UTC updated_at.
+STORE_FORMAT = 4
 # Unreferenced files younger than this may belong to a pull whose snapshot is still being written.
 PRUNE_GRACE_S = 3600.0
 

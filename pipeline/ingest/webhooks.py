@@ -25,6 +25,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from pipeline.ingest.client import LabelStudioError
+from pipeline.ingest.task_checks import ID_MAX, preview
 
 # The actions after which the annotations a pull would see may have changed.
 WEBHOOK_ACTIONS: tuple[str, ...] = (
@@ -71,8 +72,8 @@ def _positive_int(value: Any, field: str) -> int:
     # bool is an int subclass: `true` is not an id.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"webhook field {field!r} must be an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"webhook field {field!r} must be a positive id, got {value}")
+    if not 1 <= value <= ID_MAX:
+        raise ValueError(f"webhook field {field!r} must be an id in 1..2^63-1, got {preview(value)}")
     return value
 
 

@@ -111,7 +111,7 @@ def annotations_frame(
         winner, _ = pick_annotation(task, rule)
         by_annotator: dict[str, list[dict[str, Any]]] = {}
         for ann in _list(task.get("annotations")):
-            if isinstance(ann, dict) and not ann.get("was_cancelled"):
+            if isinstance(ann, dict) and ann.get("was_cancelled") is not True:
                 who = _annotator(ann)
                 if not who:
                     raise ValueError(f"task {task_id}: annotation {ann.get('id')!r} has no completed_by annotator")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipeline.ingest.reconcile import Reconciliation
+from pipeline.ingest.records import NORMALIZE_HINTS
 from schemas.pairs import FIX_HINTS
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ def failure_table(
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     out["task_id"] = out["task_id"].astype("Int64")
     out["annotation_id"] = out["annotation_id"].astype("Int64")
-    out["how_to_fix"] = [FIX_HINTS.get(str(c), "see the check's rule in schemas/") for c in out["check"]]
+    hints = {**FIX_HINTS, **NORMALIZE_HINTS}
+    out["how_to_fix"] = [hints.get(str(c), "see the check's rule in schemas/") for c in out["check"]]
     out = out.sort_values(["task_id", "check"], na_position="first").reset_index(drop=True)
     return out[list(FAILURE_COLUMNS)]
 
