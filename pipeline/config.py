@@ -48,6 +48,10 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = False
 
 
+# The default loading permissions (frozen, so safe to share as a default argument): safetensors only, no remote code.
+SAFE_LOADING = ModelConfig()
+
+
 class LabelStudioConfig(_Strict):
     """Which Label Studio project to pull and what its labeling config must offer."""
 

@@ -16,9 +16,9 @@ import torch
 from transformers import PreTrainedTokenizerBase, TextIteratorStreamer
 
 from pipeline.chat_format import load_tokenizer, render
+from pipeline.config import SAFE_LOADING, ModelConfig
 from pipeline.serve.adapter_source import AdapterSource
 from pipeline.train.manifest import check_manifest_matches
-from pipeline.config import ModelConfig
 from pipeline.train.modeling import apply_adapter, load_base_model, resolve_device
 from pipeline.train.scoring import greedy_ids
 
@@ -33,7 +33,7 @@ class ChatModel:
 
 
 def load_chat_model(
-    source: AdapterSource, *, base_only: bool = False, device: str = "auto", loading: ModelConfig = ModelConfig()
+    source: AdapterSource, *, base_only: bool = False, device: str = "auto", loading: ModelConfig = SAFE_LOADING
 ) -> ChatModel:
     """The adapter's base, with the adapter applied unless `base_only`; refuses an adapter of another base."""
     dev = resolve_device(device)  # type: ignore[arg-type]

@@ -15,8 +15,8 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from pipeline.chat_format import load_tokenizer
+from pipeline.config import SAFE_LOADING, ModelConfig
 from pipeline.train.manifest import MANIFEST, check_manifest_matches
-from pipeline.config import ModelConfig
 from pipeline.train.modeling import apply_adapter, is_quantized, load_base_model
 
 
@@ -48,7 +48,7 @@ def export_merged(
     *,
     base_model: str | None = None,
     device: str = "cpu",
-    loading: ModelConfig = ModelConfig(),
+    loading: ModelConfig = SAFE_LOADING,
 ) -> Path:
     """Load the base in full precision, apply the adapter, merge, and save model + tokenizer to `out_dir`."""
     adapter = Path(adapter_dir)

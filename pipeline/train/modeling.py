@@ -20,7 +20,7 @@ from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.base_model import local_weights_hash
-from pipeline.config import LoraConfig, ModelConfig
+from pipeline.config import SAFE_LOADING, LoraConfig, ModelConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Weight files that only an unpickler reads (transformers' and PEFT's legacy names).
@@ -68,7 +68,7 @@ def load_base_model(
     base_model: str,
     device: torch.device,
     *,
-    loading: ModelConfig = ModelConfig(),
+    loading: ModelConfig = SAFE_LOADING,
     quantize: Literal["none", "nf4"] = "none",
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
@@ -169,24 +169,27 @@ def _adapter_weights(adapter_dir: str | Path) -> Path:
     if not (path / ADAPTER_WEIGHTS).is_file():
         found = sorted(p.name for g in _PICKLE_WEIGHT_GLOBS for p in path.glob(g)) if path.is_dir() else []
         held = f"it holds only {', '.join(found)}, a pickle, which is never loaded" if found else "no such file"
-        raise UnsafeFormatError(f"adapter {path} has no {ADAPTER_WEIGHTS} ({held}); adapters load from safetensors only")
+        raise UnsafeFormatError(
+            f"adapter {path} has no {ADAPTER_WEIGHTS} ({held}); adapters load from safetensors only"
+        )
     return path
 
 
 def apply_adapter(base: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
-    """`base` with the saved adapter applied for inference, read from `adapter_model.safetensors` only."""
+    """`base` with the saved adapter applied for inference, read from `adapter_model.safetensors` only (PEFT
+    prefers that file when it exists, and `_adapter_weights` makes sure it does)."""
     path = _adapter_weights(adapter_dir)
-    return PeftModel.from_pretrained(base, str(path), is_trainable=False, use_safetensors=True)
+    return PeftModel.from_pretrained(base, str(path), is_trainable=False)
 
 
 def add_adapter(model: PeftModel, adapter_dir: str | Path, adapter_name: str) -> None:
     """Load a second saved adapter next to the ones `model` has (inference), from safetensors only."""
     path = _adapter_weights(adapter_dir)
-    model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=False, use_safetensors=True)
+    model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=False)
 
 
 def load_adapter(
-    base_model: str, adapter_dir: str | Path, device: torch.device, *, loading: ModelConfig = ModelConfig()
+    base_model: str, adapter_dir: str | Path, device: torch.device, *, loading: ModelConfig = SAFE_LOADING
 ) -> PeftModel:
     """The base model with the saved adapter applied (inference mode)."""
     path = _adapter_weights(adapter_dir)  # refuse before spending the base model's load time
