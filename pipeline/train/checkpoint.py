@@ -181,10 +181,12 @@ def _read(ckpt: Checkpoint, name: str, load: Callable[[Path], Any]) -> Any:
     try:
         return load(path)
     except pickle.UnpicklingError as e:
-        # torch's weights_only unpickler refuses any global outside its allowlist before calling it.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's weights_only unpickler refuses any global outside its allowlist before calling it. Its message
+        # is a page long and suggests weights_only=False; keep only what the file asked for.
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it calls {m.group(1)}" if m else "it is not tensors-only"
         raise CheckpointError(
-            f"checkpoint file {path} is not tensors-only (weights_only load refused it: {reason}); not loaded"
+            f"checkpoint file {path} is refused: {what}, and checkpoints load as tensors only (weights_only)"
         ) from None
     except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
