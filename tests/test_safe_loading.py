@@ -21,6 +21,7 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from pipeline.base_model import base_model_fingerprint
 from pipeline.config import ModelConfig, PipelineConfig, load_config
 from pipeline.train.checkpoint import (
     CheckpointError,
@@ -184,6 +185,10 @@ def test_pickle_only_base_model_is_refused_and_runs_nothing(tiny_model_dir: Path
     with pytest.raises(UnsafeFormatError, match=r"model\.allow_pickle_weights") as err:
         load_base_model(str(model_dir), CPU)
     assert str(model_dir) in str(err.value) and "\n" not in str(err.value)
+    # The check before any pull (flows/ingest_tasks.check_base_model) refuses it too, without loading it.
+    with pytest.raises(UnsafeFormatError, match=r"model\.allow_pickle_weights"):
+        base_model_fingerprint(str(model_dir))
+    assert base_model_fingerprint(str(model_dir), allow_pickle_weights=True).startswith("local:")
     assert not marker.exists()
     # Opting in still never runs the payload: transformers reads .bin files with torch's weights_only loader.
     with pytest.raises(Exception):  # noqa: B017 - transformers' own error type; the point is the marker
@@ -234,3 +239,9 @@ def test_pickle_only_adapter_is_refused_and_runs_nothing(tiny_model_dir: Path, t
     with pytest.raises(UnsafeFormatError, match=r"adapter_model\.safetensors"):
         add_adapter(peft_model, adapter, "champion_under_test")
     assert not marker.exists()
+    # The same adapter saved as safetensors loads through both paths.
+    good = tmp_path / "good"
+    peft_model.save_pretrained(good)
+    add_adapter(peft_model, good, "champion_under_test")
+    assert "champion_under_test" in peft_model.peft_config
+    apply_adapter(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), good)

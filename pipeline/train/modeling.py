@@ -19,16 +19,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.base_model import local_weights_hash
+from pipeline.base_model import PICKLE_WEIGHT_GLOBS, UnsafeFormatError, check_weights_format, local_weights_hash
 from pipeline.config import SAFE_LOADING, LoraConfig, ModelConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# Weight files that only an unpickler reads (transformers' and PEFT's legacy names).
-_PICKLE_WEIGHT_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-
-
-class UnsafeFormatError(ValueError):
-    """Weights that would be unpickled (or remote code that would run) without the config allowing it."""
 
 
 def resolve_device(device: Literal["auto", "cpu", "cuda"]) -> torch.device:
@@ -49,14 +43,7 @@ def safe_load_kwargs(base_model: str, loading: ModelConfig) -> dict[str, Any]:
     """The `from_pretrained` arguments every base-model load uses; refuses a local directory that holds only
     pickle weights unless `model.allow_pickle_weights` is on (a hub repo without safetensors fails in
     transformers itself, because `use_safetensors=True` forbids the pickle fallback)."""
-    local = Path(base_model).expanduser()
-    if local.is_dir() and not loading.allow_pickle_weights and not any(local.glob("*.safetensors")):
-        pickles = sorted(p.name for g in _PICKLE_WEIGHT_GLOBS for p in local.glob(g))
-        if pickles:
-            raise UnsafeFormatError(
-                f"base model directory {local} holds only pickle weights ({', '.join(pickles[:3])}), which can run "
-                "code when loaded; convert them to safetensors, or set model.allow_pickle_weights: true if you trust them"
-            )
+    check_weights_format(base_model, allow_pickle_weights=loading.allow_pickle_weights)
     # allow_pickle_weights: None lets transformers fall back to *.bin (it still reads them with weights_only=True).
     return {
         "use_safetensors": None if loading.allow_pickle_weights else True,
@@ -167,7 +154,7 @@ def _adapter_weights(adapter_dir: str | Path) -> Path:
     to unpickling `adapter_model.bin`)."""
     path = Path(adapter_dir)
     if not (path / ADAPTER_WEIGHTS).is_file():
-        found = sorted(p.name for g in _PICKLE_WEIGHT_GLOBS for p in path.glob(g)) if path.is_dir() else []
+        found = sorted(p.name for g in PICKLE_WEIGHT_GLOBS for p in path.glob(g)) if path.is_dir() else []
         held = f"it holds only {', '.join(found)}, a pickle, which is never loaded" if found else "no such file"
         raise UnsafeFormatError(
             f"adapter {path} has no {ADAPTER_WEIGHTS} ({held}); adapters load from safetensors only"
