@@ -76,7 +76,7 @@ def stop_on_validation_errors(prepared: PreparedDataset) -> None:
 def check_base_model(config: PipelineConfig) -> str:
     """Resolve the base model before anything is pulled: a missing or unreachable one stops the flow here
     with one line; returns its fingerprint (weights hash or hub commit) for change detection."""
-    fingerprint = base_model_fingerprint(config.base_model)
+    fingerprint = base_model_fingerprint(config.base_model, allow_pickle_weights=config.model.allow_pickle_weights)
     get_run_logger().info("base model %s: %s", config.base_model, fingerprint)
     return fingerprint
 

@@ -11,6 +11,8 @@ import hashlib
 from pathlib import Path
 
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+# Weight files that only an unpickler reads (transformers' and PEFT's legacy names).
+PICKLE_WEIGHT_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 # Local weight files up to this size are hashed in full; bigger ones by size + safetensors header.
 _FULL_HASH_LIMIT = 2 * 1024**3
 
@@ -19,10 +21,29 @@ class BaseModelError(ValueError):
     """The base model is neither a usable local directory nor resolvable on the Hugging Face hub."""
 
 
-def base_model_fingerprint(base_model: str) -> str:
-    """`local:<sha256-16>` of a local model directory or `hub:<id>@<commit>` of a hub model."""
+class UnsafeFormatError(ValueError):
+    """Weights that would be unpickled (which can run code) without the config allowing it."""
+
+
+def check_weights_format(base_model: str, *, allow_pickle_weights: bool) -> None:
+    """Refuse a local model directory whose weights exist only as pickles, unless `model.allow_pickle_weights`."""
+    local = Path(base_model).expanduser()
+    if not local.is_dir() or allow_pickle_weights or any(local.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for g in PICKLE_WEIGHT_GLOBS for p in local.glob(g))
+    if pickles:
+        raise UnsafeFormatError(
+            f"base model directory {local} holds only pickle weights ({', '.join(pickles[:3])}), which can run "
+            "code when loaded; convert them to safetensors, or set model.allow_pickle_weights: true if you trust them"
+        )
+
+
+def base_model_fingerprint(base_model: str, *, allow_pickle_weights: bool = False) -> str:
+    """`local:<sha256-16>` of a local model directory or `hub:<id>@<commit>` of a hub model; a local directory
+    with only pickle weights is refused here already (before any pull) unless `allow_pickle_weights`."""
     local = Path(base_model).expanduser()
     if local.is_dir():
+        check_weights_format(base_model, allow_pickle_weights=allow_pickle_weights)
         return f"local:{_hash_local(local)}"
     if local.exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") > 1:
         raise BaseModelError(f"base model {base_model!r} is not a model directory (no such directory)")

@@ -32,11 +32,12 @@ class Example:
     labels: list[int]
 
 
-def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
-    """The base model's tokenizer, with a pad token (EOS) when it has none."""
+def load_tokenizer(base_model: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, with a pad token (EOS) when it has none; code shipped with it runs only with
+    `trust_remote_code` (the config's `model.trust_remote_code`)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(base_model)
+    tok = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -93,7 +93,7 @@ def _tokenizer_or_error(config: PipelineConfig) -> PreTrainedTokenizerBase:
     from pipeline.chat_format import load_tokenizer
 
     try:
-        return load_tokenizer(config.base_model)
+        return load_tokenizer(config.base_model, trust_remote_code=config.model.trust_remote_code)
     except OSError as e:
         raise ValueError(
             f"cannot load the tokenizer of base model {config.base_model!r} ({e.__class__.__name__}); "
@@ -159,9 +159,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
     from pipeline.train.merge import export_merged
 
-    out = export_merged(args.adapter, args.merged, base_model=args.base_model)
+    loading = load_config(args.config).model
+    out = export_merged(args.adapter, args.merged, base_model=args.base_model, loading=loading)
     print(f"merged model saved to {out}")
     return 0
 
@@ -277,7 +279,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     ref = args.adapter or f"models:/{config.gate.registered_model}@champion"
     with tempfile.TemporaryDirectory(prefix="lora-chat-") as tmp:
         source = resolve_adapter(ref, tracking_uri=Settings().mlflow_tracking_uri, dest=tmp)
-        chat = load_chat_model(source, base_only=args.base, device=args.device)
+        chat = load_chat_model(source, base_only=args.base, device=args.device, loading=config.model)
         print(f"[{chat.label}]", file=sys.stderr)
 
         def ask(prompt: str) -> None:
@@ -355,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("adapter", type=Path)
     ex.add_argument("--merged", type=Path, required=True, help="output directory for the merged model")
     ex.add_argument("--base-model", help="override the base model recorded in the adapter's manifest")
+    ex.add_argument("--config", help="YAML config whose model: section says how weights may be loaded (default: safe)")
     ex.set_defaults(func=_cmd_export)
 
     exd = sub.add_parser(
@@ -380,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--base", action="store_true", help="answer with the adapter's base model alone, to compare")
     chat.add_argument("--max-new-tokens", type=int, default=128)
     chat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    chat.add_argument("--config", help="YAML config (the registered model name for the default adapter)")
+    chat.add_argument(
+        "--config", help="YAML config (the registered model name for the default adapter; model: loading permissions)"
+    )
     chat.set_defaults(func=_cmd_chat)
 
     add_labelstudio_parser(sub)

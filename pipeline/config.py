@@ -38,6 +38,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelConfig(_Strict):
+    """How the base model, its tokenizer and adapters may be loaded: tensors-only formats unless opted in."""
+
+    # Load a base model whose weights exist only as a pickle (pytorch_model.bin). Unpickling a file can run
+    # code from it, so by default only safetensors load; turn this on only for weights you trust.
+    allow_pickle_weights: bool = False
+    # Run Python code shipped with a hub model or tokenizer (modeling_*.py); only for repositories you trust.
+    trust_remote_code: bool = False
+
+
+# The default loading permissions (frozen, so safe to share as a default argument): safetensors only, no remote code.
+SAFE_LOADING = ModelConfig()
+
+
 class LabelStudioConfig(_Strict):
     """Which Label Studio project to pull and what its labeling config must offer."""
 
@@ -302,6 +316,7 @@ class PipelineConfig(_Strict):
 
     # A Hugging Face model id or a local directory; always loaded through `from_pretrained`.
     base_model: str = DEFAULT_BASE_MODEL
+    model: ModelConfig = ModelConfig()
     labelstudio: LabelStudioConfig = LabelStudioConfig()
     data: DataConfig = DataConfig()
     lora: LoraConfig = LoraConfig()
@@ -333,10 +348,11 @@ class PipelineConfig(_Strict):
 
     def training_fingerprint(self) -> str:
         """A hash of what decides the trained adapter: everything but transport settings (how the pull talks to
-        Label Studio), orchestration, checkpoint cadence and the base model's name (its own fingerprint, from
+        Label Studio), orchestration, checkpoint cadence, loading permissions and the base model's name (its own fingerprint, from
         its weights or hub revision, stands for it). Change detection and the train flow's work key use it."""
         data = self.model_dump(mode="json")
         data.pop("base_model")
+        data.pop("model")  # how files may be loaded, not what is trained
         data.pop("orchestration")
         data["mlflow"].pop("outage_patience_s")
         ls = data.pop("labelstudio")

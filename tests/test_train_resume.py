@@ -101,8 +101,14 @@ def test_checkpoints_are_atomic_pruned_and_refuse_another_config(tiny_model_dir:
     assert [c.step for c in list_checkpoints(root)] == [4, 6]
     state = json.loads((root / "step-000006" / "state.json").read_text())
     assert state["step"] == 6 and len(state["history"]) == 6
-    assert {"adapter.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"} <= {
-        p.name for p in (root / "step-000006").iterdir()
+    # Tensors and JSON only: nothing in a checkpoint needs the full unpickler (tests/test_safe_loading.py).
+    assert {p.name for p in (root / "step-000006").iterdir()} == {
+        "adapter.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng.safetensors",
+        "rng.json",
+        "state.json",
     }
     other = load_config(
         _write_config(tmp_path / "d.yaml", tiny_model_dir, checkpoint_every_steps=2, learning_rate=1e-3)

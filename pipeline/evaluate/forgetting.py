@@ -229,8 +229,8 @@ def load_verified_adapter(config: PipelineConfig, adapter_dir: str | Path) -> tu
     if not manifest_path.is_file():
         raise ValueError(f"{adapter} has no {MANIFEST}; only adapters written by the training recipe can be evaluated")
     device = resolve_device(config.train.device)
-    tokenizer = load_tokenizer(config.base_model)
-    model = load_adapter(config.base_model, adapter, device)
+    tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.model.trust_remote_code)
+    model = load_adapter(config.base_model, adapter, device, loading=config.model)
     check_manifest_matches(json.loads(manifest_path.read_text()), config.base_model, model, tokenizer)
     assert_adapter_applied(model, tokenizer)
     return model, tokenizer

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from pipeline.chat_format import build_examples, render
 from pipeline.config import PipelineConfig
 from pipeline.evaluate.intervals import Interval, loss_improvement
+from pipeline.train.modeling import add_adapter
 from pipeline.train.scoring import greedy_ids, sequence_nll
 
 
@@ -174,7 +175,7 @@ def held_out_loss_with_adapter(
     """Held-out loss of another adapter (the champion) on the same rows, loaded next to ours on the same
     base weights: no second base in memory, same examples and batching as `evaluate_task`."""
     name = "champion_under_test"
-    model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+    add_adapter(model, adapter_dir, name)
     current = model.active_adapter
     try:
         model.set_adapter(name, inference_mode=True)

@@ -13,13 +13,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TextIteratorStreamer
 
 from pipeline.chat_format import load_tokenizer, render
+from pipeline.config import SAFE_LOADING, ModelConfig
 from pipeline.serve.adapter_source import AdapterSource
 from pipeline.train.manifest import check_manifest_matches
-from pipeline.train.modeling import load_base_model, resolve_device
+from pipeline.train.modeling import apply_adapter, load_base_model, resolve_device
 from pipeline.train.scoring import greedy_ids
 
 
@@ -32,15 +32,17 @@ class ChatModel:
     label: str
 
 
-def load_chat_model(source: AdapterSource, *, base_only: bool = False, device: str = "auto") -> ChatModel:
+def load_chat_model(
+    source: AdapterSource, *, base_only: bool = False, device: str = "auto", loading: ModelConfig = SAFE_LOADING
+) -> ChatModel:
     """The adapter's base, with the adapter applied unless `base_only`; refuses an adapter of another base."""
     dev = resolve_device(device)  # type: ignore[arg-type]
-    tokenizer = load_tokenizer(source.base_model)
-    base = load_base_model(source.base_model, dev)
+    tokenizer = load_tokenizer(source.base_model, trust_remote_code=loading.trust_remote_code)
+    base = load_base_model(source.base_model, dev, loading=loading)
     check_manifest_matches({"base_model": source.base_fingerprint}, source.base_model, base, tokenizer)
     if base_only:
         return ChatModel(base.eval(), tokenizer, f"base {source.base_model}")
-    model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
+    model = apply_adapter(base, source.adapter_dir).eval()
     return ChatModel(model, tokenizer, source.description)
 
 

@@ -15,8 +15,9 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from pipeline.chat_format import load_tokenizer
+from pipeline.config import SAFE_LOADING, ModelConfig
 from pipeline.train.manifest import MANIFEST, check_manifest_matches
-from pipeline.train.modeling import is_quantized, load_base_model
+from pipeline.train.modeling import apply_adapter, is_quantized, load_base_model
 
 
 def adapter_base_model(adapter_dir: Path) -> str:
@@ -42,21 +43,27 @@ def merge_into(model: PeftModel) -> PreTrainedModel:
 
 
 def export_merged(
-    adapter_dir: str | Path, out_dir: str | Path, *, base_model: str | None = None, device: str = "cpu"
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    base_model: str | None = None,
+    device: str = "cpu",
+    loading: ModelConfig = SAFE_LOADING,
 ) -> Path:
     """Load the base in full precision, apply the adapter, merge, and save model + tokenizer to `out_dir`."""
     adapter = Path(adapter_dir)
     base_id = base_model or adapter_base_model(adapter)
     dev = torch.device(device)
-    base = load_base_model(base_id, dev)  # never quantized: see the module docstring
-    model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    base = load_base_model(base_id, dev, loading=loading)  # never quantized: see the module docstring
+    model = apply_adapter(base, adapter)
     # The adapter directory holds the tokenizer it was trained with (chat template included).
     tok_source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(base_id)
-    tokenizer = load_tokenizer(str(tok_source))
+    tokenizer = load_tokenizer(str(tok_source), trust_remote_code=loading.trust_remote_code)
     manifest = adapter / MANIFEST
     if manifest.is_file():
         # The same guard as evaluation: never merge an adapter into a base it was not trained on.
-        check_manifest_matches(json.loads(manifest.read_text()), base_id, model, load_tokenizer(base_id))
+        base_tok = load_tokenizer(base_id, trust_remote_code=loading.trust_remote_code)
+        check_manifest_matches(json.loads(manifest.read_text()), base_id, model, base_tok)
     merged = merge_into(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

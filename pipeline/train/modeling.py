@@ -1,4 +1,10 @@
-"""Load base models and tokenizers through `from_pretrained` and fingerprint them for manifests."""
+"""Load base models and adapters through `from_pretrained`, safe formats only, and fingerprint them for manifests.
+
+Every model or adapter load in the project goes through `load_base_model` / `apply_adapter` / `add_adapter`
+here: weights load from safetensors (a pickle can run code when read), a pickle-only base model loads only
+with `model.allow_pickle_weights: true`, an adapter only from `adapter_model.safetensors`, and
+`trust_remote_code` is whatever `model.trust_remote_code` says (default off).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.base_model import local_weights_hash
-from pipeline.config import LoraConfig
+from pipeline.base_model import PICKLE_WEIGHT_GLOBS, UnsafeFormatError, check_weights_format, local_weights_hash
+from pipeline.config import SAFE_LOADING, LoraConfig, ModelConfig
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def resolve_device(device: Literal["auto", "cpu", "cuda"]) -> torch.device:
@@ -31,17 +39,31 @@ def flash_attention_available(device: torch.device) -> bool:
     return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
 
 
+def safe_load_kwargs(base_model: str, loading: ModelConfig) -> dict[str, Any]:
+    """The `from_pretrained` arguments every base-model load uses; refuses a local directory that holds only
+    pickle weights unless `model.allow_pickle_weights` is on (a hub repo without safetensors fails in
+    transformers itself, because `use_safetensors=True` forbids the pickle fallback)."""
+    check_weights_format(base_model, allow_pickle_weights=loading.allow_pickle_weights)
+    # allow_pickle_weights: None lets transformers fall back to *.bin (it still reads them with weights_only=True).
+    return {
+        "use_safetensors": None if loading.allow_pickle_weights else True,
+        "trust_remote_code": loading.trust_remote_code,
+    }
+
+
 def load_base_model(
     base_model: str,
     device: torch.device,
     *,
+    loading: ModelConfig = SAFE_LOADING,
     quantize: Literal["none", "nf4"] = "none",
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """The base causal LM: bf16 on CUDA, fp32 on CPU (where bf16 matmuls are slow and inexact);
-    with quantize="nf4" the frozen weights are 4-bit NF4 (QLoRA), which bitsandbytes runs on CUDA only."""
+    with quantize="nf4" the frozen weights are 4-bit NF4 (QLoRA), which bitsandbytes runs on CUDA only.
+    Safetensors only unless `loading.allow_pickle_weights`; remote code only with `loading.trust_remote_code`."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **safe_load_kwargs(base_model, loading)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if quantize == "nf4":
@@ -127,7 +149,35 @@ def fingerprint_base(base_model: str, model: PreTrainedModel, tokenizer: PreTrai
     )
 
 
-def load_adapter(base_model: str, adapter_dir: str | Path, device: torch.device) -> PeftModel:
+def _adapter_weights(adapter_dir: str | Path) -> Path:
+    """The adapter directory, after checking it holds `adapter_model.safetensors` (PEFT would otherwise fall back
+    to unpickling `adapter_model.bin`)."""
+    path = Path(adapter_dir)
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        found = sorted(p.name for g in PICKLE_WEIGHT_GLOBS for p in path.glob(g)) if path.is_dir() else []
+        held = f"it holds only {', '.join(found)}, a pickle, which is never loaded" if found else "no such file"
+        raise UnsafeFormatError(
+            f"adapter {path} has no {ADAPTER_WEIGHTS} ({held}); adapters load from safetensors only"
+        )
+    return path
+
+
+def apply_adapter(base: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
+    """`base` with the saved adapter applied for inference, read from `adapter_model.safetensors` only (PEFT
+    prefers that file when it exists, and `_adapter_weights` makes sure it does)."""
+    path = _adapter_weights(adapter_dir)
+    return PeftModel.from_pretrained(base, str(path), is_trainable=False)
+
+
+def add_adapter(model: PeftModel, adapter_dir: str | Path, adapter_name: str) -> None:
+    """Load a second saved adapter next to the ones `model` has (inference), from safetensors only."""
+    path = _adapter_weights(adapter_dir)
+    model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=False)
+
+
+def load_adapter(
+    base_model: str, adapter_dir: str | Path, device: torch.device, *, loading: ModelConfig = SAFE_LOADING
+) -> PeftModel:
     """The base model with the saved adapter applied (inference mode)."""
-    base = load_base_model(base_model, device)
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    path = _adapter_weights(adapter_dir)  # refuse before spending the base model's load time
+    return apply_adapter(load_base_model(base_model, device, loading=loading), path)

@@ -105,7 +105,7 @@ def train_adapter(
     env = init_distributed(device)
     device = local_device(device, env)
     seed_everything(t.seed)
-    tokenizer = load_tokenizer(config.base_model)
+    tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.model.trust_remote_code)
     train_ex = _tokenize(tokenizer, train_records, config)
     eval_ex = _tokenize(tokenizer, eval_records, config) if not eval_records.empty else []
     pad_id = int(tokenizer.pad_token_id)
@@ -113,7 +113,11 @@ def train_adapter(
     # block-diagonal mask whose cost grows with row length², so their rows stop at data.max_length.
     flash = t.packing and flash_attention_available(device)
     model = load_base_model(
-        config.base_model, device, quantize=lc.quantize, attn_implementation="flash_attention_2" if flash else None
+        config.base_model,
+        device,
+        loading=config.model,
+        quantize=lc.quantize,
+        attn_implementation="flash_attention_2" if flash else None,
     )
     base_fp = fingerprint_base(config.base_model, model, tokenizer)
     model = attach_lora(model, lc, gradient_checkpointing=t.gradient_checkpointing)

@@ -46,7 +46,9 @@ def prepare_dataset(
     """
     counter = None
     if config is not None and token_checks:
-        counter = chat_token_counter(tokenizer or load_tokenizer(config.base_model))
+        counter = chat_token_counter(
+            tokenizer or load_tokenizer(config.base_model, trust_remote_code=config.model.trust_remote_code)
+        )
     validation = validate_records(
         pull.normalized.records,
         pull.project.categories,
