@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from flows.local_api import PrefectStartError
 from pipeline.cli_orchestration import add_orchestration_parsers, add_webhook_parser
 from pipeline.ingest.client import LabelStudioError
 from pipeline.ingest.reconcile import ReconciliationError
@@ -32,15 +33,18 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.ingest_flow import ingest_flow
+    from flows.local_api import prefect_api
 
-    outcome = ingest_flow(
-        config_path=args.config,
-        work_dir=args.work_dir,
-        base_model=args.base_model,
-        train_deployment=args.train_deployment,
-        force=args.force,
-    )
+    with prefect_api():  # the run's own Prefect API unless PREFECT_API_URL names one; it dies with this process
+        from flows.ingest_flow import ingest_flow
+
+        outcome = ingest_flow(
+            config_path=args.config,
+            work_dir=args.work_dir,
+            base_model=args.base_model,
+            train_deployment=args.train_deployment,
+            force=args.force,
+        )
     print(outcome.reconciliation_table)
     print(f"snapshot {outcome.snapshot_dir}")
     if not outcome.trained:
@@ -117,9 +121,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo.runner import run_demo, use_demo_prefect_home
 
     use_demo_prefect_home(args.dir)
-    from flows.ingest_flow import ingest_flow
+    from flows.local_api import prefect_api
 
-    out = run_demo(args.dir, port=args.port, run_flow=ingest_flow)
+    with prefect_api():
+        from flows.ingest_flow import ingest_flow
+
+        out = run_demo(args.dir, port=args.port, run_flow=ingest_flow)
     print()
     print("=" * 72)
     print(out["reconciliation"])
@@ -397,8 +404,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lora-pipeline` console script."""
     args = build_parser().parse_args(argv)
     try:
+        # Credentials in LABEL_STUDIO_URL / MLFLOW_TRACKING_URI leave the URLs (and this process's environment)
+        # before any command, Prefect or MLflow can see or store them.
+        from pipeline.config import Settings
+
+        Settings()
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, LabelStudioError, LabelStudioStartError, ReconciliationError) as e:
+    except (
+        ValueError,
+        FileNotFoundError,
+        LabelStudioError,
+        LabelStudioStartError,
+        PrefectStartError,
+        ReconciliationError,
+    ) as e:
         # Bad input and unreachable services: one line that says what to fix, no traceback.
         print(f"lora-pipeline: error: {e}", file=sys.stderr)
         return 2

@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.redact import strip_userinfo
 
 # lm-eval model backends: ours, registered under this name by pipeline/evaluate/lm_eval_backend.py, and
 # lm-eval's stock HFLM ("hf"), the reference. Defined here so the harness and the backend both import it
@@ -400,6 +404,40 @@ class Settings(BaseSettings):
     label_studio_url: str = Field(default="http://127.0.0.1:8080", validation_alias="LABEL_STUDIO_URL")
     label_studio_api_key: SecretStr | None = Field(default=None, validation_alias="LABEL_STUDIO_API_KEY")
     mlflow_tracking_uri: str = Field(default="sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _no_credentials_in_ls_url(cls, v: str) -> str:
+        """Label Studio authenticates by token (LABEL_STUDIO_API_KEY); `user:password@` in its URL would only be
+        written into snapshots, errors and logs, so it is dropped here, before anything can store it."""
+        clean, user, password = strip_userinfo(v)
+        if user is not None or password is not None:
+            warnings.warn(
+                f"LABEL_STUDIO_URL carries credentials; they are ignored (Label Studio takes LABEL_STUDIO_API_KEY) "
+                f"and the URL is used as {clean}",
+                stacklevel=2,
+            )
+        return clean
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_credentials_out_of_the_uri(cls, v: str) -> str:
+        """`http(s)://user:password@host` becomes MLflow's own basic-auth variables (MLFLOW_TRACKING_USERNAME /
+        _PASSWORD) and a URI without them, in this process's environment too, so MLflow, Prefect and our logs
+        only ever see the clean URI. Other stores' URIs (a database URL) keep their credentials; every place
+        that prints one redacts it (pipeline/redact.py)."""
+        if not v.startswith(("http://", "https://")):
+            return v
+        clean, user, password = strip_userinfo(v)
+        if user is None and password is None:
+            return v
+        if user:
+            os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+        if password:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+        if os.environ.get("MLFLOW_TRACKING_URI") == v:
+            os.environ["MLFLOW_TRACKING_URI"] = clean
+        return clean
 
     def require_label_studio_key(self) -> str:
         """The Label Studio API key, or a one-line error saying how to provide it."""

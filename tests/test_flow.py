@@ -200,7 +200,10 @@ def test_cli_reports_unreachable_label_studio_in_one_line(
     monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "a" * 40)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
-    code = main(["run", "--work-dir", str(tmp_path / "w"), "--base-model", str(tiny_model_dir)])
+    # No outage patience: a server that stays down is otherwise waited for (tests/test_ingest_outage.py).
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"labelstudio": {"outage_patience_s": 0, "retries": 1}}))
+    code = main(["run", "--config", str(cfg), "--work-dir", str(tmp_path / "w"), "--base-model", str(tiny_model_dir)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("lora-pipeline: error: Label Studio at http://127.0.0.1:")

@@ -6,11 +6,14 @@ flaky proxy or a restarting server costs time, not a failed nightly pull.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
 
 import httpx
+
+log = logging.getLogger("pipeline.ingest")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # What a restarting server (or its proxy) answers: retried past `retries` for up to `patience_s`.
@@ -42,6 +45,10 @@ class RetryPolicy:
         return outage and time.monotonic() - started < self.patience_s
 
     def next_wait_s(self, attempt: int, outage: bool, retry_after: str | None = None) -> float:
+        if attempt == self.retries and outage:
+            log.warning(
+                "Label Studio does not answer after %d retries; waiting up to %.0f s for it", attempt, self.patience_s
+            )
         if attempt >= self.retries and outage:
             return self.outage_poll_s * (0.5 + random.random() / 2)
         return self.wait_s(min(attempt, self.retries), retry_after)
@@ -74,6 +81,7 @@ class RetryTransport(httpx.BaseTransport):
                 # Never reached the server: always safe to repeat, and what a restart looks like.
                 if not self.policy.keep_waiting(attempt, started, outage=True):
                     raise
+                self._note_outage(attempt, request)
                 time.sleep(self.policy.next_wait_s(attempt, outage=True))
                 attempt += 1
                 continue
@@ -89,10 +97,22 @@ class RetryTransport(httpx.BaseTransport):
             outage = status in OUTAGE_STATUSES and (idempotent or status == 503)
             if not retryable or not self.policy.keep_waiting(attempt, started, outage=outage):
                 return response
+            if outage:
+                self._note_outage(attempt, request)
             retry_after = response.headers.get("Retry-After")
             response.close()
             time.sleep(self.policy.next_wait_s(attempt, outage, retry_after))
             attempt += 1
+
+    def _note_outage(self, attempt: int, request: httpx.Request) -> None:
+        if attempt == self.policy.retries and self.policy.patience_s > 0:
+            log.warning(
+                "%s://%s does not answer after %d retries; waiting up to %.0f s for it (labelstudio.outage_patience_s)",
+                request.url.scheme,
+                request.url.netloc.decode(),
+                attempt,
+                self.policy.patience_s,
+            )
 
     def close(self) -> None:
         self.inner.close()
