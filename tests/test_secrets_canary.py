@@ -62,7 +62,7 @@ def test_canary_credentials_appear_in_no_file_and_no_output(
 ) -> None:
     canary = secrets.token_hex(8)
     client = connect(label_studio.url, label_studio.token)
-    seed_project(client, "canary", ("schedules", "tickets", "lost_property", "accessibility"), n=40)
+    seed_project(client, "canary", ("schedules", "tickets", "lost_property", "accessibility"), n=80)
     ml_root = tmp_path / "mlflow"
     ml_root.mkdir()
     ml_port = free_port()
