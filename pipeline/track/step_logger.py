@@ -16,7 +16,7 @@ from collections import deque
 
 from mlflow.entities import Metric
 
-from pipeline.track.outage import TrackingUnavailable, outage_message
+from pipeline.track.outage import TrackingUnavailable, outage_message, reachable
 from pipeline.track.store import tracking_client
 from pipeline.train.results import StepLog
 
@@ -99,6 +99,10 @@ class StepLogger:
             batch = self._take()
             if batch:
                 try:
+                    # A health check first: a request to a server that is down sits in MLflow's own retries
+                    # (waits up to 120 s), which would hold the metrics back long after the server returned.
+                    if not reachable(self.tracking_uri, timeout_s=5.0):
+                        raise ConnectionError(f"MLflow at {self.tracking_uri} does not answer its health check")
                     client = client or tracking_client(self.tracking_uri)
                     client.log_batch(self.run_id, metrics=batch)
                     backoff = 0.5
