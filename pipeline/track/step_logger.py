@@ -46,6 +46,7 @@ class StepLogger:
         self._steps_waiting = 0
         self._in_flight = 0
         self._closed = False
+        self._stop = threading.Event()
         self._flush_requested = False
         self.dropped = 0
         self.sent = 0
@@ -118,10 +119,10 @@ class StepLogger:
                         self._buffer.extendleft(reversed(batch))
                         self._in_flight = 0
                         self._cond.notify_all()
-                    with self._cond:
-                        if self._closed:
-                            return
-                        self._cond.wait(backoff)
+                    # Only close() cuts the backoff short: steps arriving meanwhile must not turn it into a
+                    # health check per step.
+                    if self._stop.wait(backoff):
+                        return
                     backoff = min(backoff * 2, self.max_backoff_s)
                     continue
             with self._cond:
@@ -157,6 +158,7 @@ class StepLogger:
         """Stop the sender thread (what is still buffered is dropped: call `flush` first to keep it)."""
         with self._cond:
             self._closed = True
+            self._stop.set()
             self._buffer.clear()
             self._cond.notify_all()
         self._thread.join(timeout=5)
