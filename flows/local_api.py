@@ -15,15 +15,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from pipeline.ingest.server import ServerProcess, free_port, log_tail
+from pipeline.ingest.server import ServerProcess, free_port, wait_healthy
 
 _PR_SET_PDEATHSIG = 1
 
@@ -72,33 +69,18 @@ class LocalPrefectServer(ServerProcess):
             self._proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
             )
-        self._wait_healthy()
-        return self
-
-    def _wait_healthy(self) -> None:
-        assert self._proc is not None
-        started = time.monotonic()
-        next_note = started + 15
-        while time.monotonic() - started < self.startup_timeout_s:
-            code = self._proc.poll()
-            if code is not None:
-                raise PrefectStartError(
-                    f"the Prefect API server exited with code {code}; log tail:\n{log_tail(self.log_path)}"
-                )
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > next_note:
-                print(f"  still starting the Prefect API ({time.monotonic() - started:.0f} s) ...", flush=True)
-                next_note += 15
-            time.sleep(0.5)
-        self.stop()
-        raise PrefectStartError(
-            f"the Prefect API server did not answer within {self.startup_timeout_s:.0f} s; "
-            f"log tail:\n{log_tail(self.log_path)}"
+        wait_healthy(
+            self._proc,
+            self.url,
+            self.startup_timeout_s,
+            self.log_path,
+            "the Prefect API",
+            health_path="/api/health",
+            ready=lambda r: r.status_code == 200,
+            error=PrefectStartError,
+            progress_every_s=15.0,
         )
+        return self
 
 
 def _api_configured() -> bool:

@@ -164,10 +164,7 @@ def finish_tracking(run_id: str, status: str) -> None:
     because MLflow is down), and its own error is the one to report; the run stays RUNNING then, and the next
     flow's sweep ends it as KILLED."""
     uri = Settings().mlflow_tracking_uri
-    if status == "FINISHED":
-        tracking.end_run(uri, run_id, status)
-        return
-    if not reachable(uri):
+    if status != "FINISHED" and not reachable(uri):
         get_run_logger().warning(
             "MLflow at %s is unreachable: run %s could not be marked %s", redact(uri), run_id, status
         )

@@ -45,10 +45,6 @@ class RetryPolicy:
         return outage and time.monotonic() - started < self.patience_s
 
     def next_wait_s(self, attempt: int, outage: bool, retry_after: str | None = None) -> float:
-        if attempt == self.retries and outage:
-            log.warning(
-                "Label Studio does not answer after %d retries; waiting up to %.0f s for it", attempt, self.patience_s
-            )
         if attempt >= self.retries and outage:
             return self.outage_poll_s * (0.5 + random.random() / 2)
         return self.wait_s(min(attempt, self.retries), retry_after)

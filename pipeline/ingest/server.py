@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -76,26 +77,46 @@ def spawn_server(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path)
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log_path: Path, name: str) -> None:
-    """Block until `url/health` answers UP; stop the server and raise with its log tail if it never does."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _answers_up(r: httpx.Response) -> bool:
+    """Label Studio's health answer: HTTP 200 with {"status": "UP"}."""
+    if r.status_code != 200:
+        return False
+    body = r.json()
+    return isinstance(body, dict) and body.get("status") == "UP"
+
+
+def wait_healthy(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    timeout_s: float,
+    log_path: Path,
+    name: str,
+    *,
+    health_path: str = "/health",
+    ready: Callable[[httpx.Response], bool] = _answers_up,
+    error: type[Exception] = LabelStudioStartError,
+    progress_every_s: float | None = None,
+) -> None:
+    """Block until `url + health_path` answers `ready` (Label Studio's UP by default); stop the server and raise
+    `error` with its log tail if it exits or never does. With `progress_every_s`, say on stdout that it is
+    still starting."""
+    started = time.monotonic()
+    next_note = started + (progress_every_s or timeout_s)
+    while time.monotonic() - started < timeout_s:
         code = proc.poll()
         if code is not None:
-            raise LabelStudioStartError(
-                f"{name} exited with code {code} before becoming healthy; log tail:\n{log_tail(log_path)}"
-            )
+            raise error(f"{name} exited with code {code} before becoming healthy; log tail:\n{log_tail(log_path)}")
         try:
-            r = httpx.get(f"{url}/health", timeout=2.0)
-            if r.status_code == 200 and r.json().get("status") == "UP":
+            if ready(httpx.get(f"{url}{health_path}", timeout=2.0)):
                 return
         except (httpx.HTTPError, ValueError):
             pass
+        if progress_every_s is not None and time.monotonic() > next_note:
+            print(f"  still starting {name} ({time.monotonic() - started:.0f} s) ...", flush=True)
+            next_note += progress_every_s
         time.sleep(1.0)
     stop_server(proc)
-    raise LabelStudioStartError(
-        f"{name} did not answer {url}/health within {timeout_s:.0f}s; log tail:\n{log_tail(log_path)}"
-    )
+    raise error(f"{name} did not answer {url}{health_path} within {timeout_s:.0f}s; log tail:\n{log_tail(log_path)}")
 
 
 def log_tail(log_path: Path, lines: int = 30) -> str:

@@ -62,7 +62,7 @@ def orphan_reason(run: Run, flow_run_ended: FlowRunEnded | None = None) -> str |
 
 
 def mark_orphaned_runs(
-    tracking_uri: str, experiment: str, flow_run_ended: FlowRunEnded | None = None, *, skip: set[str] | None = None
+    tracking_uri: str, experiment: str, flow_run_ended: FlowRunEnded | None = None
 ) -> list[tuple[str, str]]:
     """End every RUNNING run of `experiment` whose owner is gone as KILLED, tagged with the reason;
     returns (run id, reason) for each."""
@@ -73,8 +73,6 @@ def mark_orphaned_runs(
     marked = []
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
     for run in runs:
-        if run.info.run_id in (skip or set()):
-            continue
         reason = orphan_reason(run, flow_run_ended)
         if reason is None:
             continue

@@ -2,7 +2,7 @@
 
 The champion comparison and the alias move happen while it is held (pipeline/track/promotion.py), so two
 flows finishing at once cannot both read the same champion and both move the alias. The lock dir must be
-on storage every worker that promotes shares (the work dir volume in compose; docs/decisions.md). The
+on storage every worker that promotes shares (the work dir volume in compose; docs/reliability.md). The
 lock dies with its process: a killed promotion never blocks the next one.
 """
 

@@ -41,6 +41,7 @@ class StepLogger:
     ) -> None:
         self.tracking_uri, self.run_id, self.adapter_dir = tracking_uri, run_id, adapter_dir
         self.every_steps, self.every_s, self.max_backoff_s = every_steps, every_s, max_backoff_s
+        self.max_buffered = max_buffered
         self._buffer: deque[Metric] = deque(maxlen=max_buffered)
         self._cond = threading.Condition()
         self._steps_waiting = 0
@@ -67,8 +68,7 @@ class StepLogger:
         }
         metrics = [Metric(k, float(v), now, log.step) for k, v in values.items() if math.isfinite(v)]
         with self._cond:
-            room = self._buffer.maxlen - len(self._buffer) if self._buffer.maxlen else len(metrics)
-            self.dropped += max(0, len(metrics) - room)
+            self.dropped += max(0, len(self._buffer) + len(metrics) - self.max_buffered)
             self._buffer.extend(metrics)
             self._steps_waiting += 1
             if self._steps_waiting >= self.every_steps:
