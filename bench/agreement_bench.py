@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.validate import agreement as ag
+from pipeline.validate.agreement import annotators, category, responses
+from pipeline.validate.agreement import frame as agreement_frame
 
 CATEGORIES = ("schedules", "tickets", "lost_property", "accessibility")
 ANNOTATORS = tuple(f"annotator{i:02d}@example.org" for i in range(12))
@@ -167,23 +169,23 @@ def main() -> None:
     steps: dict[str, float] = {}
     t, _, checked = timed(lambda: ag.check_frame(frame))
     steps["check_frame"] = t
-    t, _, coded = timed(lambda: ag._code(checked))
+    t, _, coded = timed(lambda: agreement_frame._code(checked))
     steps["factorize task/annotator/category"] = t
-    t, _, table = timed(lambda: ag._category_table(coded))
+    t, _, table = timed(lambda: category._category_table(coded))
     steps["category table"] = t
     t, _, _ = timed(lambda: ag.bootstrap_agreement(table, n_boot=args.n_boot, seed=args.seed))
     steps[f"Fleiss + alpha + bootstrap ({args.n_boot} resamples)"] = t
-    t, _, _ = timed(lambda: ag._pairwise_cohen(coded, 10))
+    t, _, _ = timed(lambda: category._pairwise_cohen(coded, 10))
     steps["pairwise Cohen's kappa"] = t
-    t, _, pairs = timed(lambda: ag._response_pairs(coded))
+    t, _, pairs = timed(lambda: responses._response_pairs(coded))
     steps[f"response ROUGE-L ({len(pairs):,} pairs)"] = t
-    t, _, sim = timed(lambda: ag._task_similarity(pairs))
+    t, _, sim = timed(lambda: responses._task_similarity(pairs))
     steps["per-task mean ROUGE-L"] = t
-    t, _, _ = timed(lambda: ag._annotator_stats(coded, pairs))
+    t, _, _ = timed(lambda: annotators._annotator_stats(coded, pairs))
     steps["annotator stats"] = t
     t, _, _ = timed(lambda: ag.quarantine_by_check(checked))
     steps["quarantine by check"] = t
-    t, _, _ = timed(lambda: ag._disagreements(coded, sim, 0.5))
+    t, _, _ = timed(lambda: annotators._disagreements(coded, sim, 0.5))
     steps["disagreements"] = t
 
     # peers

@@ -1,4 +1,4 @@
-"""Tests for inter-annotator agreement (pipeline/validate/agreement.py).
+"""Tests for inter-annotator agreement (pipeline/validate/agreement/).
 
 Every figure is checked against a value computed by hand (shown in the comments) or a textbook example.
 """
@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from pipeline.validate import agreement as ag
+from pipeline.validate.agreement import category
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -234,16 +235,16 @@ def test_bootstrap_interval_contains_estimate_and_is_seeded() -> None:
 
 def test_bootstrap_replicate_formula_equals_recomputing_on_the_resample() -> None:
     # A resample is a count per distinct task vector; its figures must equal the ones of the explicit table.
-    counts = ag._counts(ag.category_table(random_frame(200, seed=5)))
-    patterns, freq = ag._distinct_rows(counts)
+    counts = category._counts(ag.category_table(random_frame(200, seed=5)))
+    patterns, freq = category._distinct_rows(counts)
     assert freq.sum() == len(counts)
     rng = np.random.default_rng(0)
     for _ in range(5):
         draw = rng.multinomial(len(counts), freq / freq.sum()).astype(np.float64)
         resample = np.repeat(patterns, draw.astype(int), axis=0)
-        sums = np.concatenate([[draw.sum()], draw @ ag._per_task_stats(patterns)])
-        assert float(ag._stats_kappa(*sums)) == pytest.approx(ag.fleiss_kappa(resample), abs=1e-12)
-        assert float(ag._stats_alpha(*sums)) == pytest.approx(ag.krippendorff_alpha(resample), abs=1e-12)
+        sums = np.concatenate([[draw.sum()], draw @ category._per_task_stats(patterns)])
+        assert float(category._stats_kappa(*sums)) == pytest.approx(ag.fleiss_kappa(resample), abs=1e-12)
+        assert float(category._stats_alpha(*sums)) == pytest.approx(ag.krippendorff_alpha(resample), abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------- response
