@@ -8,7 +8,11 @@ same raw task, without changing which annotation wins, as compact rows the task 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from pipeline.ingest.labeling_config import CATEGORY_NAME, RESPONSE_NAME
 from pipeline.ingest.records import AnnotationRule, _annotator, _list, _result_value, pick_annotation
@@ -64,3 +68,14 @@ def _row(
         "\n".join(str(t) for t in texts) if texts is not None else None,
         won,
     ]
+
+
+def annotation_frame(task_ids: Sequence[int], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """The long frame agreement reads (task_id + ROW_FIELDS) from task ids and their `annotation_rows`, aligned."""
+    frame = pd.DataFrame(list(rows), columns=list(ROW_FIELDS))
+    frame.insert(0, "task_id", np.asarray(task_ids, dtype=np.int64))
+    frame["annotation_id"] = frame["annotation_id"].astype("Int64")
+    frame["winner"] = frame["winner"].astype(bool)
+    for col in ("annotator", "category", "response"):
+        frame[col] = frame[col].astype(object)
+    return frame

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
@@ -37,6 +38,7 @@ from pipeline.ingest.incremental import (
     previous_watermark,
     updated_after,
 )
+from pipeline.ingest.overlap import annotation_frame
 from pipeline.ingest.records import NormalizedTasks, OutcomeCollector
 from pipeline.ingest.task_store import STORE_DIR, StoredTask, StoreWriter, read_store, stored_task
 
@@ -48,6 +50,8 @@ class Pull:
     project: ProjectRef
     source: dict[str, Any]
     normalized: NormalizedTasks
+    # Every annotator's answer per task (pipeline/ingest/overlap.py), for agreement; None: not collected.
+    annotations: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class PulledTasks:
 
     normalized: NormalizedTasks
     source: dict[str, Any]
+    annotations: pd.DataFrame | None = None
 
 
 def pull_tasks(
@@ -83,6 +88,8 @@ def pull_tasks(
     store_dir = (root / STORE_DIR) if root is not None else Path(_scratch_dir()) / STORE_DIR
     collector = OutcomeCollector()
     normalized_here = 0
+    ann_tasks: list[int] = []
+    ann_rows: list[list[Any]] = []
 
     def fresh(tasks: Iterable[dict[str, Any]]) -> Iterator[StoredTask]:
         nonlocal normalized_here
@@ -106,6 +113,8 @@ def pull_tasks(
             for item in tasks:
                 store.write(item)
                 collector.add(item.outcome)
+                ann_tasks += [item.id] * len(item.annotations)
+                ann_rows += item.annotations
                 if item.outcome.kind == "unusable" and item.outcome.row["reason"] in without_annotations:
                     without_annotations[item.outcome.row["reason"]].append(item.id)
                 if floor is not None and item.stamp is not None and updated_after(item.stamp, floor):
@@ -132,7 +141,8 @@ def pull_tasks(
         "pull_seconds": round(time.perf_counter() - started, 3),
         "watermark": _watermark(store, state.server_time, recent, without_annotations, cfg),
     }
-    return PulledTasks(normalized=collector.result(sort_by_task_id=True), source=source)
+    annotations = annotation_frame(ann_tasks, ann_rows).sort_values("task_id", kind="stable", ignore_index=True)
+    return PulledTasks(normalized=collector.result(sort_by_task_id=True), source=source, annotations=annotations)
 
 
 def _changed_and_kept(
@@ -194,7 +204,7 @@ def pull_project(
         project = ensure_project(client, cfg.project_title, cfg.categories)
     # Only the URL and ids: the API key never enters metadata, logs or artifacts.
     pulled = pull_tasks(client, settings.label_studio_url, project.id, cfg, snapshots_root=snapshots_root, full=full)
-    return Pull(project=project, source=pulled.source, normalized=pulled.normalized)
+    return Pull(project=project, source=pulled.source, normalized=pulled.normalized, annotations=pulled.annotations)
 
 
 def pull_summary(pull: Pull) -> str:

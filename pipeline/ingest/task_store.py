@@ -1,7 +1,8 @@
 """The per-task outcomes of one pull, kept on disk so that the next incremental pull reuses them.
 
-One gzip'd JSON line per task: `{"id", "stamp", "kind", "row"}`, where `stamp` is
-the task's `updated_at` and `kind`/`row` its TaskOutcome (pipeline/ingest/records.py). An incremental pull
+One gzip'd JSON line per task: `{"id", "stamp", "kind", "row", "ann"}`, where `stamp` is
+the task's `updated_at`, `kind`/`row` its TaskOutcome (pipeline/ingest/records.py) and `ann` every
+annotator's answer (pipeline/ingest/overlap.py, for agreement). An incremental pull
 copies the lines of unchanged tasks as they are and appends the tasks that changed, normalized anew (so
 lines are in id order only after a full pull). Files live
 under `<snapshots_root>/.labelstudio-tasks/`, are named after the sha256 of their bytes, are written
@@ -24,37 +25,45 @@ from typing import IO, Any
 
 import orjson
 
+from pipeline.ingest.overlap import annotation_rows
 from pipeline.ingest.records import AnnotationRule, TaskOutcome, normalize_task
+from pipeline.ingest.task_checks import task_problem
 
 STORE_DIR = ".labelstudio-tasks"
 # Bump when the line layout or what normalization produces changes: stores of another format are not
 # reused (the next pull is a full one). 4: strict types at the boundary (task_checks), canonical UTC updated_at.
-STORE_FORMAT = 4
+# 5: every annotator's answer per task (`ann`).
+STORE_FORMAT = 5
 # Unreferenced files younger than this may belong to a pull whose snapshot is still being written.
 PRUNE_GRACE_S = 3600.0
 
 
 @dataclass(frozen=True)
 class StoredTask:
-    """One task's line in a store: its id, `updated_at`, outcome, and the line's bytes as written."""
+    """One task's line in a store: its id, `updated_at`, outcome, the line's bytes as written, and its
+    annotators' answers (pipeline/ingest/overlap.py ROW_FIELDS)."""
 
     id: int
     stamp: str | None
     outcome: TaskOutcome
     line: bytes
+    annotations: list[list[Any]] = field(default_factory=list)
 
 
 def stored_task(task: dict[str, Any], *, project_id: int, rule: AnnotationRule) -> StoredTask:
     """Normalize one canonical task (integer id) into its store line."""
     outcome = normalize_task(task, project_id=project_id, rule=rule)
     stamp = task.get("updated_at") if isinstance(task.get("updated_at"), str) else None
-    item = {"id": task["id"], "stamp": stamp, "kind": outcome.kind, "row": outcome.row}
+    # A task whose fields have the wrong types (quarantined by task_checks) has no answers to compare.
+    readable = outcome.kind != "quarantined" or task_problem(task, task["id"]) is None
+    ann = annotation_rows(task, rule, single_responses=False) if readable else []
+    item = {"id": task["id"], "stamp": stamp, "kind": outcome.kind, "row": outcome.row, "ann": ann}
     try:
         line = orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError:
         # Lone surrogates in a quarantined value: the stdlib escapes them (\ud800), which stays storable.
         line = (json.dumps(item, ensure_ascii=True) + "\n").encode()
-    return StoredTask(id=task["id"], stamp=stamp, outcome=outcome, line=line)
+    return StoredTask(id=task["id"], stamp=stamp, outcome=outcome, line=line, annotations=ann)
 
 
 def _parse_line(line: bytes) -> StoredTask:
@@ -62,7 +71,8 @@ def _parse_line(line: bytes) -> StoredTask:
         item = orjson.loads(line)
     except orjson.JSONDecodeError:
         item = json.loads(line)  # a line the stdlib wrote with escaped lone surrogates
-    return StoredTask(id=item["id"], stamp=item["stamp"], outcome=TaskOutcome(item["kind"], item["row"]), line=line)
+    outcome = TaskOutcome(item["kind"], item["row"])
+    return StoredTask(id=item["id"], stamp=item["stamp"], outcome=outcome, line=line, annotations=item["ann"])
 
 
 def read_store(path: Path) -> Iterator[StoredTask]:

@@ -43,7 +43,7 @@ from pipeline.validate.agreement.category import (
     krippendorff_alpha,
     pairwise_cohen,
 )
-from pipeline.validate.agreement.frame import annotations_frame, check_frame, frame_from_rows
+from pipeline.validate.agreement.frame import annotations_frame, check_frame
 from pipeline.validate.agreement.report import METRIC_PREFIX, AgreementReport, agreement_report
 from pipeline.validate.agreement.responses import (
     MAX_LCS_TOKENS,
@@ -68,7 +68,6 @@ __all__ = [
     "coincidence_matrix",
     "disagreements",
     "fleiss_kappa",
-    "frame_from_rows",
     "krippendorff_alpha",
     "lcs_length",
     "pairwise_cohen",

@@ -7,7 +7,7 @@ checks a frame given by hand, and `_code` turns it into dense integer codes for 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.ingest.labeling_config import CATEGORY_NAME, RESPONSE_NAME
-from pipeline.ingest.overlap import MULTI_CHOICE_SEP, ROW_FIELDS, annotation_rows
+from pipeline.ingest.overlap import MULTI_CHOICE_SEP, annotation_frame, annotation_rows
 from pipeline.ingest.records import AnnotationRule, _annotator, _list
 
-__all__ = ["MULTI_CHOICE_SEP", "REQUIRED_COLUMNS", "annotations_frame", "check_frame", "frame_from_rows"]
+__all__ = ["MULTI_CHOICE_SEP", "REQUIRED_COLUMNS", "annotations_frame", "check_frame"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("task_id", "annotator", "category", "response")
 
@@ -52,18 +52,7 @@ def annotations_frame(
         found = annotation_rows(task, rule, category_name=category_name, response_name=response_name)
         task_ids += [task_id] * len(found)
         rows += found
-    return frame_from_rows(task_ids, rows)
-
-
-def frame_from_rows(task_ids: Sequence[int], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
-    """The long frame from task ids and their `pipeline.ingest.overlap.annotation_rows` (ROW_FIELDS), aligned."""
-    frame = pd.DataFrame(list(rows), columns=list(ROW_FIELDS))
-    frame.insert(0, "task_id", np.asarray(task_ids, dtype=np.int64))
-    frame["annotation_id"] = frame["annotation_id"].astype("Int64")
-    frame["winner"] = frame["winner"].astype(bool)
-    for col in ("annotator", "category", "response"):
-        frame[col] = frame[col].astype(object)
-    return frame
+    return annotation_frame(task_ids, rows)
 
 
 def check_frame(frame: pd.DataFrame) -> pd.DataFrame:
