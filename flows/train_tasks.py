@@ -80,9 +80,9 @@ def train(config: PipelineConfig, snapshot: Snapshot, run_id: str, adapter_dir: 
             for log in result.history:
                 steps(log)
         else:
-            train_df, eval_df = snapshot.split()
+            train_rows, eval_rows = snapshot.hf_split()  # memory-mapped Arrow, tokenized once (cached)
             result = train_adapter(
-                config, train_df, eval_df, adapter_dir, dataset_hash=snapshot.hash, on_step=steps, resume=True
+                config, train_rows, eval_rows, adapter_dir, dataset_hash=snapshot.hash, on_step=steps, resume=True
             )
         steps.flush(timeout_s=config.mlflow.outage_patience_s)
     finally:

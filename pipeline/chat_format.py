@@ -8,6 +8,7 @@ turns a pair into the same tokens. Imports no torch: the tokenizer is loaded thr
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,21 +83,46 @@ def render(tokenizer: PreTrainedTokenizerBase, row: Any) -> tuple[str, str]:
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, row: Any) -> Example:
     """Tokenize one record; tokens that start inside the prompt text are masked out of the loss."""
-    prompt_text, full_text = render(tokenizer, row)
-    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    cut = len(prompt_text)
-    labels = [tok if start >= cut else IGNORE_INDEX for tok, (start, _) in zip(ids, enc["offset_mapping"], strict=True)]
+    return encode_pairs(tokenizer, [row])[0]
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> Iterator[tuple[list[int], list[Any]]]:
+    """(ids, offsets) per text, as `tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)` gives.
+
+    That call runs the Rust tokenizer's `encode_batch` with truncation and padding off; calling it directly
+    skips transformers' conversion (~40% of the time) and is used when the Rust tokenizer holds no such setting.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        for e in backend.encode_batch(texts, add_special_tokens=False):
+            yield e.ids, e.offsets
+        return
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    yield from zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+
+
+def encode_pairs(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Any]) -> list[Example]:
+    """`encode_pair` for many records in one tokenizer call (a fast tokenizer encodes the batch in parallel)."""
+    rendered = [render(tokenizer, row) for row in rows]
+    if not rendered:
+        return []
+    encoded = encode_texts(tokenizer, [full for _, full in rendered])
     eos = tokenizer.eos_token_id
-    if eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)  # the model must learn where the response ends
-        labels.append(eos)
-    return Example(task_id=int(row.task_id), input_ids=ids, labels=labels)
+    out = []
+    for row, (prompt_text, _), (ids, offsets) in zip(rows, rendered, encoded, strict=True):
+        ids = list(ids)
+        cut = len(prompt_text)
+        labels = [tok if start >= cut else IGNORE_INDEX for tok, (start, _) in zip(ids, offsets, strict=True)]
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)  # the model must learn where the response ends
+            labels.append(eos)
+        out.append(Example(task_id=int(row.task_id), input_ids=ids, labels=labels))
+    return out
 
 
 def build_examples(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, max_length: int) -> list[Example]:
     """Tokenize every record; rows that are too long or have no response token stop the run by task id."""
-    return check_examples([encode_pair(tokenizer, row) for row in records.itertuples(index=False)], max_length)
+    return check_examples(encode_pairs(tokenizer, list(records.itertuples(index=False))), max_length)
 
 
 def check_examples(examples: list[Example], max_length: int) -> list[Example]:

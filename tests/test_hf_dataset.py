@@ -13,7 +13,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from pipeline.chat_format import build_examples, load_tokenizer, render
+from pipeline.chat_format import build_examples, encode_pair, load_tokenizer, render
 from pipeline.ingest.records import records_frame
 from pipeline.train import tokenized
 from pipeline.train.tokenized import cache_key, tokenize_cached
@@ -147,30 +147,40 @@ def test_tokenization_cache_hit_and_miss(
 ) -> None:
     """Same examples as `build_examples`; the second run never calls the encoder; a changed tokenizer misses."""
     calls = {"n": 0}
-    real = tokenized.encode_pair
+    real = tokenized.encode_pairs
 
-    def counting(tok: Any, row: Any) -> Any:
-        calls["n"] += 1
-        return real(tok, row)
+    def counting(tok: Any, rows: Any) -> Any:
+        calls["n"] += len(rows)
+        return real(tok, rows)
 
-    monkeypatch.setattr(tokenized, "encode_pair", counting)
+    monkeypatch.setattr(tokenized, "encode_pairs", counting)
     tok = load_tokenizer(str(tiny_model_dir))
     train, _ = snapshot.split()
     cache = tmp_path / "cache"
     first = tokenize_cached(tok, train, 256, cache_dir=cache)
-    assert list(first) == build_examples(tok, train, 256)
+    assert list(first) == build_examples(tok, train, 256) == [encode_pair(tok, r) for r in train.itertuples()]
     assert first[-1] == first[len(first) - 1] and first[1:3] == list(first)[1:3]
     assert calls["n"] == len(train)
     second = tokenize_cached(tok, train, 256, cache_dir=cache)
     assert list(second) == list(first)
     assert calls["n"] == len(train), "the cached Arrow file was not used"
+    # The snapshot's memory-mapped split (what the flow and the CLI train from) holds the same rows: same key, a hit.
+    hf_train, _ = snapshot.hf_split()
+    assert cache_key(tok, hf_train, 256) == cache_key(tok, train, 256)
+    assert list(tokenize_cached(tok, hf_train, 256, cache_dir=cache)) == list(first)
+    assert calls["n"] == len(train), "the snapshot split missed the cache its rows filled"
+
+    other = load_tokenizer(str(tiny_model_dir))
+    other.add_tokens(["<ferry>"])  # another vocabulary
+    tokenize_cached(other, train, 256, cache_dir=cache)
+    assert calls["n"] == 2 * len(train), "a changed tokenizer must miss the cache"
 
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}" + (
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
     assert cache_key(tok, train, 256) != cache_key(load_tokenizer(str(tiny_model_dir)), train, 256)
     tokenize_cached(tok, train, 256, cache_dir=cache)
-    assert calls["n"] == 2 * len(train), "a changed chat template must miss the cache"
+    assert calls["n"] == 3 * len(train), "a changed chat template must miss the cache"
     assert cache_key(tok, train, 128) != cache_key(tok, train, 256)
     assert cache_key(tok, train.iloc[:-1], 256) != cache_key(tok, train, 256)
     with pytest.raises(ValueError, match=r"exceed data.max_length=16 tokens \(task ids \["):

@@ -7,12 +7,14 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import PipelineConfig
+from pipeline.train.tokenized import TrainingRows
 
 
 def load_training_data(
     data: Path, config: PipelineConfig, *, eval_path: Path | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(train, eval, dataset hash) from a snapshot directory (its frozen split) or a parquet file."""
+) -> tuple[TrainingRows, TrainingRows, str]:
+    """(train, eval, dataset hash) from a snapshot directory (its frozen split, memory-mapped Arrow) or a parquet
+    file (a DataFrame)."""
     if data.is_dir():
         from pipeline.validate.snapshot import load_snapshot
 
@@ -20,8 +22,8 @@ def load_training_data(
             raise ValueError("--eval-data is only for a parquet DATA; a snapshot carries its own train/eval split")
         snap = load_snapshot(data)
         _check_split_settings(snap.path, snap.meta.get("split", {}), config)
-        train_df, eval_df = snap.split()
-        return train_df, eval_df, snap.hash
+        train_rows, eval_rows = snap.hf_split()
+        return train_rows, eval_rows, snap.hash
     if not data.is_file():
         raise FileNotFoundError(f"training data {data} is neither a snapshot directory nor a parquet file")
     train_df = pd.read_parquet(data)

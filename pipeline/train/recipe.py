@@ -50,7 +50,7 @@ from pipeline.train.packing import make_batch
 from pipeline.train.results import StepLog, TrainResult
 from pipeline.train.scoring import mean_token_loss, sequence_nll
 from pipeline.train.throughput import model_flops_utilization, peak_memory
-from pipeline.train.tokenized import tokenize_cached
+from pipeline.train.tokenized import TrainingRows, tokenize_cached
 
 # Most logits values one chunk of the loss holds: 16M (64 MiB in fp32); on CUDA 64M, where bigger chunks keep
 # the LM-head matmuls efficient.
@@ -72,19 +72,24 @@ def plan_steps(n_examples: int, config: PipelineConfig) -> tuple[int, int]:
     return per_epoch, min(total, t.max_steps) if t.max_steps else total
 
 
-def epoch_groups(n_examples: int, epoch: int, t: TrainConfig) -> list[list[list[int]]]:
-    """The epoch's accumulation groups of micro-batches of example indices; a pure function of (seed, epoch),
-    so a resumed run (or every DDP rank) rebuilds exactly the same order."""
+def epoch_order(n_examples: int, epoch: int, t: TrainConfig) -> np.ndarray:
+    """The epoch's example order; a pure function of (seed, epoch), so a resumed run (or every DDP rank) rebuilds
+    exactly the same order. 8 bytes per example: the one thing the loader holds per row."""
     g = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
-    order = torch.randperm(n_examples, generator=g).tolist()
-    micro = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-    return [micro[i : i + t.grad_accum_steps] for i in range(0, len(micro), t.grad_accum_steps)]
+    return torch.randperm(n_examples, generator=g).numpy()
+
+
+def step_group(order: np.ndarray, position: int, t: TrainConfig) -> list[list[int]]:
+    """The micro-batches (example indices) of the epoch's `position`-th accumulation group."""
+    per_group = t.batch_size * t.grad_accum_steps
+    ids = order[position * per_group : (position + 1) * per_group].tolist()
+    return [ids[i : i + t.batch_size] for i in range(0, len(ids), t.batch_size)]
 
 
 def train_adapter(
     config: PipelineConfig,
-    train_records: pd.DataFrame,
-    eval_records: pd.DataFrame,
+    train_records: TrainingRows,
+    eval_records: TrainingRows,
     out_dir: str | Path,
     *,
     dataset_hash: str = "",
@@ -93,11 +98,14 @@ def train_adapter(
 ) -> TrainResult:
     """Train a LoRA adapter on `train_records` and save it as a PEFT directory with a manifest.
 
+    The rows are a DataFrame of PairRecords or a snapshot split (`Snapshot.hf_split()`): a split is tokenized
+    through the Arrow cache and read from memory-mapped files, never held in memory whole.
+
     With `resume=True` training continues from the newest checkpoint in `<out_dir>.checkpoints/`
     (if there is none, it starts from step 0)."""
     t, lc = config.train, config.lora
     # ---- setup: fail fast on anything the config or data gets wrong, before touching a GPU-hour ----
-    if train_records.empty:
+    if len(train_records) == 0:
         raise ValueError("no training rows: every row was quarantined or the project has no annotations")
     device = resolve_device(t.device)
     if lc.quantize == "nf4" and device.type != "cuda":
@@ -107,7 +115,7 @@ def train_adapter(
     seed_everything(t.seed)
     tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.model.trust_remote_code)
     train_ex = _tokenize(tokenizer, train_records, config)
-    eval_ex = _tokenize(tokenizer, eval_records, config) if not eval_records.empty else []
+    eval_ex = _tokenize(tokenizer, eval_records, config) if len(eval_records) else []
     pad_id = int(tokenizer.pad_token_id)
     # Flash-attn's varlen kernel takes a whole packed micro-batch as one row; sdpa/eager build a
     # block-diagonal mask whose cost grows with row length², so their rows stop at data.max_length.
@@ -151,9 +159,12 @@ def train_adapter(
     start = time.perf_counter()
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="training adapter", unit="step", disable=not env.is_main)
+    order_epoch, order = -1, np.empty(0, dtype=np.int64)
     while step < total_steps:
         epoch, position = divmod(step, per_epoch)
-        group = epoch_groups(len(train_ex), epoch, t)[position]
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(train_ex), epoch, t)
+        group = step_group(order, position, t)
         step_start = time.perf_counter()
         batches = [[train_ex[i] for i in mb] for mb in group]
         # Normalize by the group's response tokens so accumulation (and DDP) equals one large batch.
@@ -279,11 +290,12 @@ def train_adapter(
     )
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, config: PipelineConfig) -> Sequence[Example]:
+def _tokenize(tokenizer: PreTrainedTokenizerBase, records: TrainingRows, config: PipelineConfig) -> Sequence[Example]:
     """Examples for `records`, from the tokenization cache when it is on."""
     d = config.data
     if not d.tokenize_cache:
-        return build_examples(tokenizer, records, d.max_length)
+        frame = records if isinstance(records, pd.DataFrame) else records.to_pandas()
+        return build_examples(tokenizer, frame, d.max_length)
     return tokenize_cached(
         tokenizer, records, d.max_length, cache_dir=d.tokenize_cache_dir, num_proc=d.tokenize_num_proc
     )

@@ -17,18 +17,25 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
-from pipeline.chat_format import IGNORE_INDEX, Example, chat_template, check_examples, encode_pair
+from pipeline.chat_format import IGNORE_INDEX, Example, chat_template, check_examples, encode_pairs
 
-# The columns `encode_pair` reads; the key hashes exactly these.
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+# What training reads: a DataFrame of PairRecords, or a snapshot split as a (memory-mapped) `datasets.Dataset`.
+TrainingRows = pd.DataFrame | Any
+
+# The columns `encode_pairs` reads; the key hashes exactly these.
 ENCODED_COLUMNS = ("task_id", "prompt", "response", "system", "context")
-# Bump when encode_pair's output for the same inputs changes.
+# Bump when encode_pairs' output for the same inputs changes.
 ENCODING_VERSION = 2
+# Rows per Arrow batch when hashing or checking: memory stays flat however many rows there are.
+CHUNK_ROWS = 50_000
 
 
 def default_cache_dir() -> Path:
@@ -48,18 +55,37 @@ def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     return h.hexdigest()
 
 
-def rows_hash(records: pd.DataFrame) -> str:
-    """Row-order-sensitive hash of the encoded columns (vectorized: fast at millions of rows)."""
-    cols = [c for c in ENCODED_COLUMNS if c in records]
-    frame = records[cols].astype(object).where(records[cols].notna(), "\x00null").astype(str)
-    values = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return hashlib.sha256(values.tobytes() + json.dumps(cols).encode()).hexdigest()
+def source_dataset(rows: TrainingRows) -> Dataset:
+    """The encoded columns as a `Dataset`: a snapshot split as it is (memory-mapped), a DataFrame converted."""
+    from datasets import Dataset
+
+    if isinstance(rows, pd.DataFrame):
+        cols = [c for c in ENCODED_COLUMNS if c in rows]
+        return Dataset.from_pandas(rows[cols].reset_index(drop=True), preserve_index=False)
+    return rows.select_columns([c for c in ENCODED_COLUMNS if c in rows.column_names])
 
 
-def cache_key(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, max_length: int) -> str:
+def rows_hash(source: Dataset) -> str:
+    """Row-order-sensitive hash of the encoded columns, read one Arrow batch at a time (flat memory at any size);
+    a DataFrame and the snapshot split holding the same rows hash alike."""
+    cols = list(source.column_names)
+    h = hashlib.sha256(json.dumps(cols).encode())
+    for batch in source.data.to_batches(max_chunksize=CHUNK_ROWS):
+        frame = batch.to_pandas().astype(object)
+        frame = frame.where(frame.notna(), "\x00null").astype(str)
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(tokenizer: PreTrainedTokenizerBase, rows: TrainingRows, max_length: int) -> str:
+    """What determines the examples: the encoded columns, the tokenizer, the chat template and `max_length`."""
+    return _key(tokenizer, source_dataset(rows), max_length)
+
+
+def _key(tokenizer: PreTrainedTokenizerBase, source: Dataset, max_length: int) -> str:
     parts = [
         f"v{ENCODING_VERSION}",
-        rows_hash(records),
+        rows_hash(source),
         tokenizer_hash(tokenizer),
         hashlib.sha256(chat_template(tokenizer).encode()).hexdigest(),
         str(max_length),
@@ -69,15 +95,15 @@ def cache_key(tokenizer: PreTrainedTokenizerBase, records: pd.DataFrame, max_len
 
 def _encode_batch(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[Any]]:
     keys = list(batch)
-    out: dict[str, list[Any]] = {"task_id": [], "input_ids": [], "labels": [], "length": [], "has_loss": []}
-    for values in zip(*(batch[k] for k in keys), strict=True):
-        ex = encode_pair(tokenizer, SimpleNamespace(**dict(zip(keys, values, strict=True))))
-        out["task_id"].append(ex.task_id)
-        out["input_ids"].append(ex.input_ids)
-        out["labels"].append(ex.labels)
-        out["length"].append(len(ex.input_ids))
-        out["has_loss"].append(any(label != IGNORE_INDEX for label in ex.labels))
-    return out
+    rows = [SimpleNamespace(**dict(zip(keys, values, strict=True))) for values in zip(*batch.values(), strict=True)]
+    examples = encode_pairs(tokenizer, rows)
+    return {
+        "task_id": [ex.task_id for ex in examples],
+        "input_ids": [ex.input_ids for ex in examples],
+        "labels": [ex.labels for ex in examples],
+        "length": [len(ex.input_ids) for ex in examples],
+        "has_loss": [any(label != IGNORE_INDEX for label in ex.labels) for ex in examples],
+    }
 
 
 class ArrowExamples(Sequence[Example]):
@@ -101,38 +127,42 @@ class ArrowExamples(Sequence[Example]):
         row = self._ds[i]
         return Example(task_id=int(row["task_id"]), input_ids=row["input_ids"], labels=row["labels"])
 
-    def column(self, name: str) -> np.ndarray:
-        return self._ds.data.column(name).to_numpy()
+    @property
+    def table(self) -> Any:
+        """The underlying (memory-mapped) Arrow table."""
+        return self._ds.data
 
 
 def check_cached(examples: ArrowExamples, max_length: int) -> ArrowExamples:
-    """`check_examples` on the length and has-loss columns, without reading the token lists."""
-    ids = examples.column("task_id")
-    too_long = ids[examples.column("length") > max_length].tolist()
-    no_loss = ids[~examples.column("has_loss")].tolist()
-    if too_long or no_loss:  # the same errors, worded once, in chat_format
-        bad = set(too_long) | set(no_loss)
+    """`check_examples` on the length and has-loss columns, one Arrow batch at a time, without reading the token
+    lists."""
+    table = examples.table.select(["task_id", "length", "has_loss"])
+    bad: set[int] = set()
+    for batch in table.to_batches(max_chunksize=CHUNK_ROWS):
+        ids, length, has_loss = (batch.column(i).to_numpy(zero_copy_only=False) for i in range(3))
+        bad.update(ids[(length > max_length) | ~has_loss].tolist())
+    if bad:  # the same errors, worded once, in chat_format
         check_examples([e for e in examples if e.task_id in bad], max_length)
     return examples
 
 
 def tokenize_cached(
     tokenizer: PreTrainedTokenizerBase,
-    records: pd.DataFrame,
+    rows: TrainingRows,
     max_length: int,
     *,
     cache_dir: str | Path | None = None,
     num_proc: int | None = None,
 ) -> ArrowExamples:
     """`build_examples`, through a cached `Dataset.map`: same examples, same order, same checks, read lazily
-    from the memory-mapped Arrow file."""
-    from datasets import Dataset, disable_progress_bars, enable_progress_bars
+    from the memory-mapped Arrow file. `rows` is a DataFrame or a snapshot split (`Snapshot.hf_split()`), which
+    is never loaded into memory whole."""
+    from datasets import disable_progress_bars, enable_progress_bars
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(tokenizer, records, max_length)
-    cols = [c for c in ENCODED_COLUMNS if c in records]
-    source = Dataset.from_pandas(records[cols].reset_index(drop=True), preserve_index=False)
+    source = source_dataset(rows)
+    key = _key(tokenizer, source, max_length)
     cache_file = root / f"{key}.arrow"
     hit = cache_file.is_file()
     if hit:
@@ -142,11 +172,11 @@ def tokenize_cached(
             _encode_batch,
             batched=True,
             fn_kwargs={"tokenizer": tokenizer},
-            remove_columns=cols,
+            remove_columns=source.column_names,
             cache_file_name=str(cache_file),
             new_fingerprint=key[:32],  # datasets suffixes it per worker and caps it at 64 chars
             load_from_cache_file=True,
-            num_proc=num_proc if num_proc and num_proc > 1 and len(records) >= 10_000 else None,
+            num_proc=num_proc if num_proc and num_proc > 1 and source.num_rows >= 10_000 else None,
             desc="tokenizing",
         )
     finally:

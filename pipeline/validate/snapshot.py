@@ -15,13 +15,16 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.validate.hf_dataset import HF_DIR, write_hf_dataset
+from pipeline.validate.hf_dataset import HF_DIR, load_hf_dataset, write_hf_dataset
 from pipeline.validate.split import DEFAULT_NEAR_DUPLICATE_THRESHOLD, eval_flags, partition
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 # The columns that define what the model learns from; the hash covers exactly these.
 HASHED_COLUMNS: tuple[str, ...] = (
@@ -58,6 +61,9 @@ class Snapshot:
 
     def split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(train, eval) rows of the frozen split, each in task-id order."""
+        return partition(self.pairs, self._eval_flags())
+
+    def _eval_flags(self) -> np.ndarray:
         if SPLIT_COLUMN not in self.records:
             raise ValueError(
                 f"snapshot {self.path} was written before splits were frozen into snapshots; "
@@ -69,7 +75,16 @@ class Snapshot:
                 f"snapshot {self.path} holds out no rows for evaluation (it has {len(self.records)} rows; "
                 "at least 2 are needed to split into train and eval)"
             )
-        return partition(self.pairs, is_eval)
+        return is_eval
+
+    def hf_split(self) -> tuple[Dataset, Dataset]:
+        """(train, eval) of the frozen split as memory-mapped `datasets.Dataset`s (the snapshot's `hf/`): the rows
+        `split()` gives, in the same order, without loading them into memory. Training reads these."""
+        is_eval = self._eval_flags()
+        ds = load_hf_dataset(self.path)
+        if (ds["train"].num_rows, ds["eval"].num_rows) != (int((~is_eval).sum()), int(is_eval.sum())):
+            raise ValueError(f"snapshot {self.path}: {HF_DIR}/ does not hold the snapshot's split; pull again")
+        return ds["train"], ds["eval"]
 
 
 def content_hash(records: pd.DataFrame) -> str:

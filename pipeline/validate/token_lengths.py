@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
 
-from pipeline.chat_format import render
+from pipeline.chat_format import encode_texts, render
 from pipeline.validate.token_bounds import LengthBounds, RowBounds, derive_bounds, is_text, row_bounds
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def exact_counts(
     at = 0
     for chunk in _chunks(rows, BATCH_ROWS):
         rendered = [render(tokenizer, row) for row in records.iloc[chunk].itertuples(index=False)]
-        encoded = _encode(tokenizer, [full for _, full in rendered])
+        encoded = encode_texts(tokenizer, [full for _, full in rendered])
         for j, ((prompt_text, full_text), (ids, offsets)) in enumerate(zip(rendered, encoded, strict=True)):
             cut = len(prompt_text)
             appended = int(eos is not None and (not ids or ids[-1] != eos))
@@ -84,21 +84,6 @@ def exact_counts(
             full_chars[at + j], prompt_chars[at + j] = len(full_text), cut
         at += len(chunk)
     return total, response, full_chars, prompt_chars
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> Iterator[tuple[list[int], list[Any]]]:
-    """(ids, offsets) per text, as `tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)` gives.
-
-    That call runs the Rust tokenizer's `encode_batch` with truncation and padding off; calling it directly
-    skips transformers' conversion (~40% of the time) and is used when the Rust tokenizer holds no such setting.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and backend.truncation is None and backend.padding is None:
-        for e in backend.encode_batch(texts, add_special_tokens=False):
-            yield e.ids, e.offsets
-        return
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    yield from zip(enc["input_ids"], enc["offset_mapping"], strict=True)
 
 
 def renderable_rows(records: pd.DataFrame) -> np.ndarray:
