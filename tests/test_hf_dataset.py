@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -185,3 +186,34 @@ def test_tokenization_cache_hit_and_miss(
     assert cache_key(tok, train.iloc[:-1], 256) != cache_key(tok, train, 256)
     with pytest.raises(ValueError, match=r"exceed data.max_length=16 tokens \(task ids \["):
         tokenize_cached(tok, train, 16, cache_dir=cache)
+
+
+def test_chat_jsonl_export_trains_in_trl(snapshot: Any, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The chat-jsonl export as a TRL user takes it: `load_dataset("json")` into `SFTTrainer`, two optimizer steps
+    on the tiny model; TRL renders each conversation to the tokens our training starts from."""
+    import trl  # in the test extra
+    from transformers import AutoModelForCausalLM
+
+    out = export_dataset(snapshot.path, "chat-jsonl", tmp_path / "chat")
+    train = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok)
+    tokenized_by_trl = trainer.train_dataset["input_ids"]
+    ours = [encode_pair(tok, r).input_ids for r in snapshot.split()[0].itertuples()]
+    assert tokenized_by_trl == ours
+    result = trainer.train()
+    assert result.global_step == 2
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(np.isfinite(losses))
