@@ -20,6 +20,7 @@ from flows.ingest_tasks import (
     pull_annotations,
     send_annotator_feedback,
     stop_on_validation_errors,
+    update_disagreements,
     validate_and_snapshot,
 )
 from flows.outcomes import IngestOutcome, TrainOutcome
@@ -42,6 +43,7 @@ def ingest_flow(
     pull = pull_annotations(config, str(root / "snapshots"))
     prepared = validate_and_snapshot(pull, str(root / "snapshots"), config)
     send_annotator_feedback(config, pull, prepared)
+    update_disagreements(config, pull, prepared)
     stop_on_validation_errors(prepared)
     decision = decide_training(prepared, config, fingerprint, force)
     snapshot = prepared.snapshot

@@ -41,6 +41,28 @@ def send_annotator_feedback(config: PipelineConfig, pull: Pull, prepared: Prepar
     get_run_logger().info("feedback to annotators: %s", result.as_dict())
 
 
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+def update_disagreements(config: PipelineConfig, pull: Pull, prepared: PreparedDataset) -> None:
+    """Point Label Studio's "disagreements" tab at the tasks whose annotators disagree in this pull."""
+    from pipeline.ingest.client import connect, retry_policy
+    from pipeline.ingest.review_views import update_disagreements_view
+
+    if not config.labelstudio.feedback:
+        return
+    settings, cfg = Settings(), config.labelstudio
+    client = connect(
+        settings.label_studio_url,
+        settings.require_label_studio_key(),
+        timeout_s=cfg.timeout_s,
+        policy=retry_policy(cfg),
+    )
+    agreement = prepared.agreement
+    ids = None if agreement is None else agreement.disagreements["task_id"].tolist()
+    view = update_disagreements_view(client, pull.project.id, ids)
+    if view is not None:
+        get_run_logger().info("disagreements view %s lists %s tasks", view.view_id, len(view.task_ids))
+
+
 # Prefect table artifacts are for reading in the UI; the full table is failures.parquet in the snapshot.
 _ARTIFACT_MAX_ROWS = 1000
 

@@ -249,6 +249,7 @@ DEFAULT_POLICIES: dict[str, Policy] = {
     "drift_category_shares": "warn",
     "drift_length": "warn",
     "drift_vocabulary": "warn",
+    "min_category_agreement": "warn",
 }
 
 
@@ -275,6 +276,13 @@ class ValidationConfig(_Strict):
     max_category_drift: float = Field(default=0.15, gt=0, le=1)
     max_length_drift: float = Field(default=0.25, gt=0, le=1)
     max_new_vocabulary: float = Field(default=0.3, gt=0, le=1)
+    # Inter-annotator agreement, for projects with overlap (pipeline/validate/agreement/): Krippendorff's alpha
+    # on the category below this fails min_category_agreement (not applicable without a task that has two or
+    # more category labels); a task is a disagreement when its categories differ or its annotators' responses
+    # have a mean pairwise ROUGE-L F1 below agreement_response_threshold; intervals from this many resamples.
+    min_category_agreement: float = Field(default=0.6, ge=-1, le=1)
+    agreement_response_threshold: float = Field(default=0.5, ge=0, le=1)
+    agreement_bootstrap: int = Field(default=1000, ge=0)
 
     @field_validator("policies")
     @classmethod

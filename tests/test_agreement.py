@@ -195,9 +195,9 @@ def test_one_category_throughout_is_undefined_not_perfect() -> None:
     rows = [(t, who, "billing", None) for t in range(1, 6) for who in ("alice", "bob", "carol")]
     report = ag.agreement_report(frame(rows), n_boot=20, min_pair_overlap=1)
     m = report.metrics()
-    for key in ("category_fleiss_kappa", "category_krippendorff_alpha", "category_cohen_kappa_mean"):
+    for key in ("category/fleiss_kappa", "category/krippendorff_alpha", "category/cohen_kappa_mean"):
         assert math.isnan(m["data/agreement/" + key]), key
-    assert math.isnan(m["data/agreement/category_krippendorff_alpha_ci_low"])
+    assert math.isnan(m["data/agreement/category/krippendorff_alpha_ci_low"])
     assert m["data/agreement/tasks_multi_annotated"] == 5.0
     assert "| Krippendorff's alpha (category, nominal) | n/a | n/a |" in report.markdown()
     assert math.isnan(ag.cohen_kappa(["x", "x"], ["x", "x"]))
@@ -208,7 +208,7 @@ def test_no_multi_annotated_task_reports_zero_and_nan() -> None:
     m = report.metrics()
     assert m["data/agreement/tasks_multi_annotated"] == 0.0
     assert m["data/agreement/category_tasks"] == 0.0
-    assert all(math.isnan(m["data/agreement/" + k]) for k in ("category_fleiss_kappa", "response_rouge_l_mean"))
+    assert all(math.isnan(m["data/agreement/" + k]) for k in ("category/fleiss_kappa", "response/rouge_l_mean"))
     assert "agreement cannot be measured" in report.markdown()
     empty = ag.agreement_report(frame([]), n_boot=10)
     assert empty.metrics()["data/agreement/tasks"] == 0.0
@@ -462,21 +462,21 @@ def test_report_metrics_and_markdown_are_plain() -> None:
     m = report.metrics()
     for key in (
         "tasks_multi_annotated",
-        "category_fleiss_kappa",
-        "category_fleiss_kappa_ci_low",
-        "category_fleiss_kappa_ci_high",
-        "category_krippendorff_alpha",
-        "category_krippendorff_alpha_ci_low",
-        "category_krippendorff_alpha_ci_high",
-        "category_cohen_kappa_mean",
-        "response_rouge_l_mean",
-        "response_rouge_l_p50",
+        "category/fleiss_kappa",
+        "category/fleiss_kappa_ci_low",
+        "category/fleiss_kappa_ci_high",
+        "category/krippendorff_alpha",
+        "category/krippendorff_alpha_ci_low",
+        "category/krippendorff_alpha_ci_high",
+        "category/cohen_kappa_mean",
+        "response/rouge_l_mean",
+        "response/rouge_l_p50",
         "disagreement_tasks",
     ):
         assert "data/agreement/" + key in m, key
     assert all(type(v) is float for v in m.values())
     assert m["data/agreement/tasks"] == 20.0
-    assert m["data/agreement/response_rouge_l_mean"] == pytest.approx((1 + 1 + 0 + 0.5 + 1 + 0) / 6)
+    assert m["data/agreement/response/rouge_l_mean"] == pytest.approx((1 + 1 + 0 + 0.5 + 1 + 0) / 6)
     md = report.markdown()
     assert "np." not in md and "float64" not in md and not re.search(r"\bnan\b", md, re.IGNORECASE)
     assert md.startswith("## Inter-annotator agreement")

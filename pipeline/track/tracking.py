@@ -6,6 +6,7 @@ flow can log to the same run. Settings (and so the Label Studio token) are never
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -93,7 +94,20 @@ def start_run(
         run_id,
         datasets=[_create_dataset_input(dataset, context, None) for dataset, context in snapshot_inputs(snapshot)],
     )
+    log_agreement(tracking_uri, run_id, snapshot)
     return run_id
+
+
+def log_agreement(tracking_uri: str, run_id: str, snapshot: Snapshot) -> None:
+    """The snapshot's inter-annotator agreement (pipeline/validate/agreement/): metrics under data/agreement/ and
+    the per-annotator table as data/agreement/annotators.json; nothing when the project uses no overlap."""
+    agreement = snapshot.meta.get("agreement") or {}
+    metrics = {k: v for k, v in (agreement.get("metrics") or {}).items() if isinstance(v, int | float)}
+    if metrics:
+        log_metrics(tracking_uri, run_id, metrics)
+    table = snapshot.path / str(agreement.get("files", "agreement")) / "annotators.json"
+    if agreement.get("applicable") and table.is_file():
+        log_table(tracking_uri, run_id, json.loads(table.read_text()), "data/agreement/annotators.json")
 
 
 def snapshot_inputs(snapshot: Snapshot) -> list[tuple[Any, str]]:

@@ -1,4 +1,4 @@
-"""Dataset-level checks: size, category balance, duplicates, train/eval leakage and drift.
+"""Dataset-level checks: size, category balance, duplicates, train/eval leakage, drift and annotator agreement.
 
 They judge the rows that survived the row checks. Each returns a `DatasetCheck` named after its
 rule with the measured value, the threshold and a sentence a reviewer can act on; duplicates
@@ -7,13 +7,18 @@ also name the rows involved, so the report can point at tasks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import Policy, ValidationConfig
 from pipeline.validate import drift
+
+if TYPE_CHECKING:
+    from pipeline.validate.agreement import AgreementReport
 
 
 @dataclass(frozen=True)
@@ -171,3 +176,34 @@ def drift_checks(records: pd.DataFrame, previous: pd.DataFrame | None, cfg: Vali
             cfg.max_new_vocabulary,
         ),
     ]
+
+
+def category_agreement_check(agreement: AgreementReport | None, cfg: ValidationConfig) -> DatasetCheck:
+    """Krippendorff's alpha on the category, over tasks with two or more labels, at least the configured minimum.
+
+    Not applicable (passes, and says so) when no task has two or more category labels: without overlap
+    there is nothing to agree on. An undefined alpha (a single category throughout) passes too, with why.
+    """
+    name = "min_category_agreement"
+    limit = cfg.min_category_agreement
+    if agreement is None or agreement.category_tasks == 0:
+        why = "no task has two or more annotators" if agreement is None else "no task has two or more category labels"
+        return DatasetCheck(name, True, cfg.policy(name), f"not applicable: {why} (the project uses no overlap)")
+    alpha = agreement.krippendorff_alpha
+    if math.isnan(alpha.value):
+        return DatasetCheck(
+            name, True, cfg.policy(name), "not applicable: every category label is the same (alpha undefined)"
+        )
+    interval = (
+        "" if math.isnan(alpha.ci_low) else f" ({agreement.ci:.0%} interval {alpha.ci_low:.2f} to {alpha.ci_high:.2f})"
+    )
+    return DatasetCheck(
+        name,
+        alpha.value >= limit,
+        cfg.policy(name),
+        f"Krippendorff's alpha on the category is {alpha.value:.2f}{interval} over {agreement.category_tasks} tasks "
+        f"with two or more labels (minimum {limit}); {len(agreement.disagreements)} tasks in disagreement are "
+        "listed in Label Studio's 'disagreements' view for a reviewer to settle",
+        alpha.value,
+        limit,
+    )

@@ -18,6 +18,7 @@ from pipeline.ingest.records import NORMALIZE_HINTS
 from schemas.pairs import FIX_HINTS
 
 if TYPE_CHECKING:
+    from pipeline.validate.agreement import AgreementReport
     from pipeline.validate.checks import ValidationResult
     from pipeline.validate.dataset_checks import DatasetCheck
 
@@ -153,3 +154,13 @@ def validation_markdown(
             lines.append(f"\n… and {len(table) - MARKDOWN_MAX_FAILURES} more failures in failures.parquet.")
     lines += ["", "## Checks run", "", *[f"- `{c}`" for c in checks_run], ""]
     return "\n".join(lines)
+
+
+def agreement_section(agreement: AgreementReport | None) -> str:
+    """The report's inter-annotator agreement section (pipeline/validate/agreement/), or why there is none."""
+    if agreement is None:
+        return (
+            "## Inter-annotator agreement\n\nNot applicable: no task has two or more annotators (the project uses "
+            "no overlap), so agreement cannot be measured and min_category_agreement passes as not applicable.\n"
+        )
+    return agreement.markdown()

@@ -44,7 +44,7 @@ from pipeline.validate.agreement.category import (
     pairwise_cohen,
 )
 from pipeline.validate.agreement.frame import annotations_frame, check_frame
-from pipeline.validate.agreement.report import METRIC_PREFIX, AgreementReport, agreement_report
+from pipeline.validate.agreement.report import METRIC_PREFIX, AgreementReport, agreement_report, pull_agreement
 from pipeline.validate.agreement.responses import (
     MAX_LCS_TOKENS,
     lcs_length,
@@ -71,6 +71,7 @@ __all__ = [
     "krippendorff_alpha",
     "lcs_length",
     "pairwise_cohen",
+    "pull_agreement",
     "quarantine_by_check",
     "response_pairs",
     "rouge_l_f1",

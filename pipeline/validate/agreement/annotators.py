@@ -18,7 +18,8 @@ def annotator_stats(frame: pd.DataFrame, pairs: pd.DataFrame | None = None) -> p
 
     winner_agreement is the share of their category labels equal to the winner's, on tasks where both
     have a category and they are not the winner (NaN without a `winner` column or such a task). The
-    quarantine columns appear when the frame has `quarantined` or `failed_check`.
+    quarantine columns appear when the frame has `quarantined` or `failed_check`; acceptance_rate is
+    1 - quarantine_rate, or, with an `accepted` column, the share of their annotations that became training rows.
     """
     coded = _code(check_frame(frame))
     return _annotator_stats(coded, _response_pairs(coded) if pairs is None else pairs)
@@ -58,6 +59,11 @@ def _annotator_stats(coded: _Coded, pairs: pd.DataFrame) -> pd.DataFrame:
         out["quarantined"] = n_q.astype(np.int64)
         out["quarantine_rate"] = n_q / np.maximum(out["tasks"].to_numpy(), 1)
         out["acceptance_rate"] = 1.0 - out["quarantine_rate"]
+    if "accepted" in f.columns:
+        # Given (a pull): only the winning annotation of a task can become a training row.
+        n_a = np.bincount(coded.annotator, weights=f["accepted"].to_numpy(dtype=bool), minlength=n_ann)
+        out["accepted"] = n_a.astype(np.int64)
+        out["acceptance_rate"] = n_a / np.maximum(out["tasks"].to_numpy(), 1)
     return out
 
 

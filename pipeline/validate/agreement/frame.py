@@ -59,7 +59,7 @@ def check_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame, checked (a new frame; the input is not changed); errors name the task, annotator and field.
 
     task_id must be an integer, annotator a non-empty name (numbers become text), (task_id, annotator)
-    unique, category and response text or missing, winner and quarantined True/False, one winner per task.
+    unique, category and response text or missing, winner, quarantined and accepted True/False, one winner per task.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -82,8 +82,9 @@ def check_frame(frame: pd.DataFrame) -> pd.DataFrame:
             t = int(many.index[many.to_numpy() > 1][0])
             names = sorted(out.loc[(out["task_id"] == t) & out["winner"], "annotator"])
             raise ValueError(f"task {t}: {len(names)} annotations are marked winner ({', '.join(names)}); at most one")
-    if "quarantined" in out.columns:
-        out["quarantined"] = _bool_column(out, "quarantined")
+    for col in ("quarantined", "accepted"):
+        if col in out.columns:
+            out[col] = _bool_column(out, col)
     return out
 
 

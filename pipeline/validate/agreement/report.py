@@ -14,7 +14,7 @@ from pipeline.validate.agreement.category import Estimate, _category_table, _pai
 from pipeline.validate.agreement.frame import _code, check_frame
 from pipeline.validate.agreement.responses import _response_pairs, _task_similarity
 
-__all__ = ["METRIC_PREFIX", "AgreementReport", "agreement_report"]
+__all__ = ["METRIC_PREFIX", "AgreementReport", "agreement_report", "pull_agreement"]
 
 METRIC_PREFIX = "data/agreement/"
 _PREFIX = METRIC_PREFIX
@@ -23,7 +23,9 @@ _ANNOTATOR_HEADERS = {
     "winner_agreement": "category = winner's",
     "response_rouge_l": "response ROUGE-L with peers",
     "quarantine_rate": "quarantined",
+    "acceptance_rate": "accepted for training",
 }
+_SHARES = ("quarantine_rate", "acceptance_rate")
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +59,7 @@ class AgreementReport:
         return {k: float(np.quantile(s, q)) if len(s) else math.nan for k, q in qs.items()}
 
     def metrics(self) -> dict[str, float]:
-        """Flat metrics, all plain floats, under data/agreement/."""
+        """Flat metrics, all plain floats, under data/agreement/ (category/..., response/..., and counts)."""
         s = self.response_similarity.to_numpy(dtype=np.float64)
         out: dict[str, float] = {
             "tasks": self.tasks,
@@ -67,16 +69,16 @@ class AgreementReport:
             "category_tasks": self.category_tasks,
         }
         for name, est in (("fleiss_kappa", self.fleiss_kappa), ("krippendorff_alpha", self.krippendorff_alpha)):
-            out[f"category_{name}"] = est.value
-            out[f"category_{name}_ci_low"] = est.ci_low
-            out[f"category_{name}_ci_high"] = est.ci_high
-        out["category_cohen_kappa_mean"] = self.cohen_kappa_mean
-        out["category_cohen_pairs"] = len(self.cohen_pairs)
-        out["response_tasks"] = self.response_tasks
-        out["response_rouge_l_mean"] = float(s.mean()) if len(s) else math.nan
+            out[f"category/{name}"] = est.value
+            out[f"category/{name}_ci_low"] = est.ci_low
+            out[f"category/{name}_ci_high"] = est.ci_high
+        out["category/cohen_kappa_mean"] = self.cohen_kappa_mean
+        out["category/cohen_pairs"] = len(self.cohen_pairs)
+        out["response/tasks"] = self.response_tasks
+        out["response/rouge_l_mean"] = float(s.mean()) if len(s) else math.nan
         for k, v in self.response_quantiles().items():
-            out[f"response_rouge_l_{k}"] = v
-        out["response_below_threshold_share"] = float((s < self.response_threshold).mean()) if len(s) else math.nan
+            out[f"response/rouge_l_{k}"] = v
+        out["response/below_threshold_share"] = float((s < self.response_threshold).mean()) if len(s) else math.nan
         out["disagreement_tasks"] = len(self.disagreements)
         return {_PREFIX + k: float(v) for k, v in out.items()}
 
@@ -102,10 +104,10 @@ class AgreementReport:
             f"| Fleiss' kappa (category) | {_num(self.fleiss_kappa.value)} | {_interval(self.fleiss_kappa)} |",
             f"| Light's kappa (mean Cohen's kappa over {len(self.cohen_pairs):,} annotator pairs with "
             f">= {self.min_pair_overlap} shared tasks) | {_num(self.cohen_kappa_mean)} | |",
-            f"| Response ROUGE-L F1, mean over tasks | {_num(m['response_rouge_l_mean'])} | |",
-            f"| Response ROUGE-L F1, p10 / median / p90 | {_num(m['response_rouge_l_p10'])} / "
-            f"{_num(m['response_rouge_l_p50'])} / {_num(m['response_rouge_l_p90'])} | |",
-            f"| Tasks with response ROUGE-L < {self.response_threshold:.2f} | {_share(m['response_below_threshold_share'])} | |",
+            f"| Response ROUGE-L F1, mean over tasks | {_num(m['response/rouge_l_mean'])} | |",
+            f"| Response ROUGE-L F1, p10 / median / p90 | {_num(m['response/rouge_l_p10'])} / "
+            f"{_num(m['response/rouge_l_p50'])} / {_num(m['response/rouge_l_p90'])} | |",
+            f"| Tasks with response ROUGE-L < {self.response_threshold:.2f} | {_share(m['response/below_threshold_share'])} | |",
             f"| Tasks in disagreement | {len(self.disagreements):,} | |",
             "",
             f"Intervals: percentile bootstrap over tasks, {self.n_boot:,} resamples, seed {self.seed}. "
@@ -122,7 +124,7 @@ class AgreementReport:
         lines = ["### Annotators", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in a.head(_MARKDOWN_ROWS * 5).itertuples(index=False):
             vals = [_cell(r.annotator), f"{int(r.tasks):,}", f"{int(r.shared_tasks):,}"]
-            vals += [_share(getattr(r, c)) if c == "quarantine_rate" else _num(getattr(r, c)) for c in cols]
+            vals += [_share(getattr(r, c)) if c in _SHARES else _num(getattr(r, c)) for c in cols]
             lines.append("| " + " | ".join(vals) + " |")
         if len(a) > _MARKDOWN_ROWS * 5:
             lines.append(f"\n{len(a) - _MARKDOWN_ROWS * 5:,} more annotators are in the agreement data.")
@@ -211,3 +213,31 @@ def agreement_report(
         response_threshold=response_threshold,
         min_pair_overlap=min_pair_overlap,
     )
+
+
+def pull_agreement(
+    annotations: pd.DataFrame | None,
+    quarantined: pd.DataFrame,
+    accepted_annotation_ids: pd.Series,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    response_threshold: float = 0.5,
+) -> AgreementReport | None:
+    """The agreement of one pull (`Pull.annotations`), or None when no task has two or more annotators.
+
+    Only a task's winning annotation is checked, so it alone can be quarantined (under its first failing
+    check, as in the reconciliation) or accepted (its annotation id among the training rows).
+    """
+    if annotations is None or not annotations["task_id"].duplicated().any():
+        return None
+    ann_id = annotations["annotation_id"]
+    q = quarantined.dropna(subset=["annotation_id"]).drop_duplicates("annotation_id")
+    first_check = pd.Series(q["check"].astype(str).to_numpy(), index=q["annotation_id"].astype("int64").to_numpy())
+    won = annotations["winner"].to_numpy(dtype=bool)
+    failed = ann_id.map(first_check).astype(object).where(won & ann_id.isin(first_check.index).to_numpy(), None)
+    frame = annotations.assign(
+        failed_check=failed,
+        accepted=won & ann_id.isin(accepted_annotation_ids.dropna().astype("int64")).to_numpy(dtype=bool),
+    )
+    return agreement_report(frame, n_boot=n_boot, seed=seed, response_threshold=response_threshold)
