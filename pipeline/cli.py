@@ -178,7 +178,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_init(args: argparse.Namespace) -> int:
     from pipeline.config import Settings, load_config
     from pipeline.ingest.client import connect, ensure_project, get_project, retry_policy
-    from pipeline.ingest.project_setup import import_prompts, read_prompts
+    from pipeline.ingest.project_setup import (
+        import_prompts,
+        project_has_feedback_panel,
+        read_prompts,
+        upgrade_project_config,
+    )
+    from pipeline.validate.feedback import ensure_views
 
     cfg = load_config(args.config).labelstudio
     rows = read_prompts(args.prompts) if args.prompts else []
@@ -197,6 +203,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
     else:
         project = ensure_project(client, cfg.project_title, cfg.categories)
     print(f"Label Studio project {project.id} ({project.title!r}) ok; categories: {', '.join(project.categories)}")
+    if args.upgrade_config:
+        changed = upgrade_project_config(client, project.id)
+        print("labeling config: feedback panel added" if changed else "labeling config: feedback panel present")
+    elif not project_has_feedback_panel(client, project.id):
+        print(
+            "labeling config: no feedback panel, so annotators do not see why a task was flagged; "
+            "add it with `lora-pipeline labelstudio init --upgrade-config` (annotations are kept)"
+        )
+    if cfg.feedback:
+        ensure_views(client, project.id, cfg.feedback_view)  # a Default tab first, then the "needs fix" view
     if rows:
         summary = import_prompts(client, project.id, rows, with_drafts=args.drafts, model_version=args.model_version)
         print(
@@ -251,6 +267,11 @@ def add_labelstudio_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
         "--drafts", action="store_true", help="import the rows' 'response'/'category' as predictions to edit"
     )
     init.add_argument("--model-version", default="draft", help="model_version of the imported predictions")
+    init.add_argument(
+        "--upgrade-config",
+        action="store_true",
+        help="add the feedback panel to an existing project's labeling config (display only; annotations are kept)",
+    )
     init.set_defaults(func=_cmd_init)
 
     pull = ls_sub.add_parser("pull", help="pull (incrementally), validate, snapshot, print the reconciliation table")

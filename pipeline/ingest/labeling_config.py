@@ -1,7 +1,16 @@
-"""The labeling config the pipeline expects: prompt (Text) -> response (TextArea) + category (Choices)."""
+"""The labeling config the pipeline expects: prompt (Text) -> response (TextArea) + category (Choices).
+
+Above them sits the feedback panel: a `Header` bound to the task data field `pipeline_feedback`,
+which validate/feedback.py fills with why the task was left out of training and clears when the
+task passes. A `Header` is display-only (no `name`), so Label Studio neither requires the field in
+imported tasks nor checks annotations against it, and an empty field renders nothing (the `Style`
+rule hides the empty header). `upgrade_labeling_config` adds the panel to an existing project's
+config without touching anything else (`lora-pipeline labelstudio init --upgrade-config`).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import quoteattr
@@ -10,13 +19,27 @@ from xml.sax.saxutils import quoteattr
 PROMPT_NAME = "prompt"
 RESPONSE_NAME = "response"
 CATEGORY_NAME = "category"
+# The task data field the feedback panel shows (also a Data Manager column: task data fields are columns).
+FEEDBACK_FIELD = "pipeline_feedback"
+FEEDBACK_PANEL_CLASS = "lora-pipeline-feedback"
+_PANEL_STYLE = (
+    "white-space: pre-wrap; font-family: monospace; font-size: 14px; line-height: 1.5; "
+    "background: #fff4e5; border-left: 4px solid #e8590c; padding: 8px 12px; margin: 0 0 12px 0"
+)
+FEEDBACK_PANEL = f"""  <Style>.{FEEDBACK_PANEL_CLASS} :empty {{ display: none; }}</Style>
+  <View className="{FEEDBACK_PANEL_CLASS}">
+    <Header value="${FEEDBACK_FIELD}" style="{_PANEL_STYLE}"/>
+  </View>
+"""
+# The root element's start tag, attribute values quoted (they may hold `>`).
+_ROOT_START = re.compile(r"""<View(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*>""")
 
 
 def build_labeling_config(categories: tuple[str, ...] | list[str]) -> str:
     """The Label Studio XML for a prompt -> response + category project."""
     choices = "\n".join(f"      <Choice value={quoteattr(c)}/>" for c in categories)
     return f"""<View>
-  <Header value="Prompt"/>
+{FEEDBACK_PANEL}  <Header value="Prompt"/>
   <Text name="{PROMPT_NAME}" value="${PROMPT_NAME}"/>
   <Header value="Write the response"/>
   <TextArea name="{RESPONSE_NAME}" toName="{PROMPT_NAME}" maxSubmissions="1" required="true"
@@ -64,3 +87,34 @@ def check_labeling_config(xml: str, *, project: str = "project") -> LabelingConf
     if not categories or any(not c for c in categories):
         raise ValueError(f"{project}: the {CATEGORY_NAME!r} Choices in the labeling config have no values")
     return LabelingConfigInfo(categories=categories)
+
+
+def has_feedback_panel(xml: str) -> bool:
+    """Whether a labeling config shows the pipeline's feedback panel (a Header bound to `$pipeline_feedback`)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return False
+    return any(
+        el.tag == "View" and el.get("className") == FEEDBACK_PANEL_CLASS and header.get("value") == f"${FEEDBACK_FIELD}"
+        for el in root.iter("View")
+        for header in el.iter("Header")
+    )
+
+
+def upgrade_labeling_config(xml: str, *, project: str = "project") -> tuple[str, bool]:
+    """The config with the feedback panel added as the first child of its root `<View>`; (xml, changed).
+
+    Only display tags are added and nothing else is rewritten (the text is spliced, not re-serialized),
+    so Label Studio accepts the change on a project with annotations and keeps them valid.
+    """
+    check_labeling_config(xml, project=project)
+    if has_feedback_panel(xml):
+        return xml, False
+    start = _ROOT_START.search(xml)
+    if start is None or ET.fromstring(xml).tag != "View":
+        raise ValueError(f"{project}: the labeling config's root element is not <View>; add the panel by hand")
+    upgraded = xml[: start.end()] + "\n" + FEEDBACK_PANEL + xml[start.end() :].lstrip("\n")
+    if ET.fromstring(upgraded).tag != "View" or not has_feedback_panel(upgraded):
+        raise AssertionError("splicing the feedback panel broke the labeling config")  # internal invariant
+    return upgraded, True

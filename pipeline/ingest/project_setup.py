@@ -3,6 +3,9 @@
 Drafts from a model are imported as predictions (pre-annotations): annotators see the draft in the
 TextArea and edit it instead of typing from scratch. Predictions never reach training; only
 submitted annotations do (pipeline/ingest/records.py).
+
+`upgrade_project_config` (`init --upgrade-config`) adds the feedback panel to a project created
+before it existed; Label Studio validates the change against the project's annotations.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
-from pipeline.ingest.client import annotation_result, raw_get
-from pipeline.ingest.labeling_config import PROMPT_NAME
+from pipeline.ingest.client import LabelStudioError, annotation_result, raw_get
+from pipeline.ingest.labeling_config import PROMPT_NAME, has_feedback_panel, upgrade_labeling_config
 from pipeline.jsonl import read_jsonl_objects
 
 # Task data fields the pipeline reads; `response`/`category` are the optional model draft.
@@ -98,3 +102,29 @@ def import_prompts(
     for start in range(0, len(payloads), batch_size):
         client.projects.import_tasks(id=project_id, request=payloads[start : start + batch_size])
     return ImportSummary(imported=len(payloads), already_present=len(rows) - len(payloads), with_drafts=drafts)
+
+
+def project_has_feedback_panel(client: LabelStudio, project_id: int) -> bool:
+    """Whether the project's labeling config shows the pipeline's feedback panel."""
+    return has_feedback_panel(client.projects.get(id=project_id).label_config or "")
+
+
+def upgrade_project_config(client: LabelStudio, project_id: int) -> bool:
+    """Add the feedback panel to the project's labeling config; False when it was there already.
+
+    Only display tags are added, which Label Studio accepts on a project with annotations; should it
+    refuse anyway, the error names the project and Label Studio's reason, and nothing changed.
+    """
+    xml = client.projects.get(id=project_id).label_config or ""
+    upgraded, changed = upgrade_labeling_config(xml, project=f"Label Studio project {project_id}")
+    if not changed:
+        return False
+    try:
+        client.projects.update(id=project_id, label_config=upgraded)
+    except ApiError as e:
+        raise LabelStudioError(
+            f"Label Studio project {project_id} refused the labeling config with the feedback panel "
+            f"(HTTP {e.status_code}: {e.body}); add the panel under Settings > Labeling Interface by hand "
+            "(docs/labeling.md shows it)"
+        ) from None
+    return True

@@ -2,7 +2,9 @@
 
 The failure table (task, annotation, check, policy, reason, shortened value, how to fix) is the
 one artifact everything else consumes: `failures.parquet` in the snapshot, the MLflow run's
-`validation/` artifacts, the Prefect table artifact and the feedback to annotators.
+`validation/` artifacts, the Prefect table artifact and the feedback to annotators. The table keeps
+each value's `repr()` preview as evidence; the Markdown report shows it with invisible characters
+as the same markers the annotators' feedback panel uses (validate/visible_text.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 
 from pipeline.ingest.reconcile import Reconciliation
 from pipeline.ingest.records import NORMALIZE_HINTS
+from pipeline.validate.visible_text import visible_preview
 from schemas.pairs import FIX_HINTS
 
 if TYPE_CHECKING:
@@ -148,7 +151,8 @@ def validation_markdown(
         lines.append("| task | annotation | stage | check | policy | reason | value | how to fix |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for r in table.head(MARKDOWN_MAX_FAILURES).itertuples(index=False):
-            cells = (r.task_id, r.annotation_id, r.stage, r.check, r.policy, r.reason, r.value, r.how_to_fix)
+            value = visible_preview(r.value) if isinstance(r.value, str) else r.value
+            cells = (r.task_id, r.annotation_id, r.stage, r.check, r.policy, r.reason, value, r.how_to_fix)
             lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
         if len(table) > MARKDOWN_MAX_FAILURES:
             lines.append(f"\n… and {len(table) - MARKDOWN_MAX_FAILURES} more failures in failures.parquet.")
