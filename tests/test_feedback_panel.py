@@ -186,9 +186,10 @@ def test_upgrade_config_on_a_project_with_annotations(
     """`init --upgrade-config` adds the panel to a project with annotations; Label Studio accepts it, all kept."""
     client = ls_client
     pid, ids, before = _project_with_annotations(client, "upgrade-config")
-    # Label Studio does validate config changes against annotations: dropping the categories is refused.
+    # Label Studio does validate config changes against annotations: dropping the category control is refused.
+    without_choices = OLD_CONFIG[: OLD_CONFIG.index('  <Header value="Category"/>')] + "</View>"
     with pytest.raises(ApiError) as refused:
-        client.projects.update(id=pid, label_config=OLD_CONFIG.replace('<Choice value="shipping"/>', ""))
+        client.projects.update(id=pid, label_config=without_choices)
     assert refused.value.status_code == 400
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"labelstudio": {"project_id": pid, "categories": list(CATS)}}))
@@ -302,6 +303,7 @@ def test_annotator_sees_the_reason_and_it_goes_when_fixed(
     with chromium() as driver:
         login_label_studio(driver, ls_env.url, ls_env.username, ls_env.password)
         _open_task(driver, ls_env.url, pid, flagged, "When does it ship?")
+        driver.save_screenshot(str(tmp_path / "flagged-task.png"))  # type: ignore[attr-defined]
         shown = _panel_text(driver)
         assert PANEL_TITLE in shown and "no_surrounding_whitespace" in shown
         assert "starts or ends with spaces" in shown and "remove the spaces" in shown

@@ -10,8 +10,9 @@ from label_studio_sdk import LabelStudio
 
 from pipeline.config import LabelStudioConfig, Settings
 from pipeline.ingest.client import ensure_project, import_tasks, raw_get, submit_annotation
+from pipeline.ingest.labeling_config import FEEDBACK_FIELD
 from pipeline.ingest.pull import pull_project
-from pipeline.validate.feedback import MARKER_KEY, FeedbackResult, marked_tasks, send_feedback
+from pipeline.validate.feedback import MARKER_KEY, FeedbackResult, marked_tasks, panel_text, send_feedback
 from pipeline.validate.prepare import prepare_dataset
 
 pytestmark = pytest.mark.slow
@@ -45,9 +46,12 @@ def test_feedback_marks_failing_tasks_once_and_clears_fixed_ones(ls_client: Labe
     assert marked[spaced][MARKER_KEY]["checks"] == ["no_surrounding_whitespace"]
     problem = marked[spaced][MARKER_KEY]["problems"][0]
     assert "remove the spaces" in problem["fix"] and problem["why"]
-    # The saved view lists exactly the marked tasks.
-    views = [v for v in client.views.list(project=project.id) if v.data.get("title") == "needs fix"]
-    assert len(views) == 1 and views[0].id == first.view_id
+    # The field the labeling page's panel shows says the same, with the trailing space made visible.
+    panel = client.tasks.get(id=spaced).data[FEEDBACK_FIELD]
+    assert "Check: no_surrounding_whitespace" in panel and "«It ships today.·»" in panel
+    # A Default tab first, then the saved view listing exactly the marked tasks.
+    views = sorted(client.views.list(project=project.id), key=lambda v: v.id)
+    assert [v.data.get("title") for v in views] == ["Default", "needs fix"] and views[1].id == first.view_id
     listed = raw_get(client, "/api/tasks", {"view": first.view_id, "fields": "task_only", "page_size": 100})
     assert {t["id"] for t in listed["tasks"]} == {spaced, blank}
 
@@ -63,3 +67,5 @@ def test_feedback_marks_failing_tasks_once_and_clears_fixed_ones(ls_client: Labe
     marked = marked_tasks(client, project.id)
     assert set(marked) == {blank, fine} and marked[fine]["batch"] == "march"
     assert MARKER_KEY not in (client.tasks.get(id=spaced).meta or {})
+    assert client.tasks.get(id=spaced).data[FEEDBACK_FIELD] == ""
+    assert client.tasks.get(id=fine).data == {"prompt": "Fee?", FEEDBACK_FIELD: panel_text(marked[fine][MARKER_KEY])}

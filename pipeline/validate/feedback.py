@@ -31,13 +31,13 @@ from pipeline.config import LabelStudioConfig, Settings
 from pipeline.ingest.client import connect, iter_task_fields, retry_policy
 from pipeline.ingest.labeling_config import FEEDBACK_FIELD
 from pipeline.ingest.records import NORMALIZE_HINTS
+from pipeline.ingest.review_views import DEFAULT_VIEW, DISAGREEMENTS_VIEW
 from pipeline.validate.visible_text import unpreview, visible
 from schemas.pairs import FIX_HINTS
 
 MARKER_KEY = "lora_pipeline_needs_fix"
 # The panel's first line; the "needs fix" view filters on it, so it must stay in every feedback text.
 PANEL_TITLE = "Pipeline feedback"
-DEFAULT_VIEW_TITLE = "Default"
 MARKER_LEGEND = "Markers: · space at an end or doubled, → tab, ↵ line break, ⟨ZWSP⟩ zero-width, ␀ control character"
 # What a failed check means, in words an annotator reads without knowing the schema.
 PLAIN_REASONS: dict[str, str] = {
@@ -152,15 +152,15 @@ def marked_tasks(client: LabelStudio, project_id: int) -> dict[int, dict[str, An
 
 
 def ensure_views(client: LabelStudio, project_id: int, title: str) -> int:
-    """A "Default" tab (when the project has no tab but ours) and the view listing flagged tasks; its id.
+    """A "Default" tab (when the project has no tab but the pipeline's) and the view listing flagged tasks; its id.
 
     A view made by an earlier version (filtering on `meta`, whose filter the Data Manager did not
     show) gets the current filter.
     """
     views = [v for v in client.views.list(project=project_id) if isinstance(v.data, dict)]
     ours = [v for v in views if v.data.get("title") == title]
-    if not [v for v in views if v.data.get("title") != title]:
-        client.views.create(project=project_id, data={"title": DEFAULT_VIEW_TITLE})
+    if all(v.data.get("title") in (title, DISAGREEMENTS_VIEW) for v in views):  # only the pipeline's tabs, or none
+        client.views.create(project=project_id, data={"title": DEFAULT_VIEW})
     filters = {"conjunction": "and", "items": [feedback_filter()]}
     if ours:
         view = ours[0]
