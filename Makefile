@@ -19,7 +19,7 @@ export LABEL_STUDIO_BIN := $(CURDIR)/$(LS_VENV)/bin/label-studio
 
 .PHONY: install demo test lint format clean-demo
 
-install: $(VENV)/.installed $(LS_VENV)/.installed
+install: $(VENV)/.installed $(LS_VENV)/.installed $(CHROMIUM_STAMP)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ $(VENV)/.installed: pyproject.toml
 $(LS_VENV)/.installed:
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet $(LABEL_STUDIO_SPEC)
+	touch $@
+
+# Debian's Chromium and its WebDriver for the browser tests (tests/browser.py; other tools' own browser
+# downloads fail here). Nothing to do when both are installed; without apt-get the browser tests skip, saying why.
+CHROMIUM_STAMP := $(VENV)/.chromium-installed
+SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM_STAMP): | $(VENV)/.installed
+	if test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "no apt-get: install Chromium and chromedriver at /usr/bin yourself, or the browser tests skip"; fi
 	touch $@
 
 demo: install
