@@ -334,6 +334,12 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             ask(prompt)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serve.cli_serve import serve_from_args
+
+    return serve_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="lora-pipeline", description=__doc__)
@@ -415,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="YAML config (the registered model name for the default adapter; model: loading permissions)"
     )
     chat.set_defaults(func=_cmd_chat)
+
+    from pipeline.serve.cli_serve import add_serve_arguments
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible server: one base, many registry adapters, hot-swapped")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_cmd_serve)
 
     add_labelstudio_parser(sub)
     add_orchestration_parsers(sub)
