@@ -125,7 +125,9 @@ def server(registered: Registered, tmp_path_factory: pytest.TempPathFactory) -> 
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status says what stopped it
+    assert proc.returncode in (0, -15), log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 def _chat(url: str, model: str, prompt: str, **extra: object) -> httpx.Response:
