@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +26,9 @@ from pipeline.config import load_config
 from pipeline.demo.tiny_model import build_tiny_model
 from pipeline.evaluate.forgetting import load_verified_adapter
 from pipeline.ingest.server import free_port
+from pipeline.serve.adapter_pool import AdapterRefused
 from pipeline.serve.adapter_source import resolve_adapter
+from pipeline.serve.canary import CANARY_PROMPT, canary_check, engine_limits
 from pipeline.serve.chat import answer, load_chat_model
 from pipeline.track.registry import register_adapter
 from pipeline.train.recipe import train_adapter
@@ -245,3 +248,27 @@ def test_concurrent_mixed_requests_answer_as_one_at_a_time(server: str, expected
     with ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(ask, jobs))
     assert answers == [expected[job] for job in jobs]
+
+
+def test_canary_check_loads_through_the_serving_loader(registered: Registered, tmp_path: Path) -> None:
+    adapter_a = registered.adapters["a"]
+    result = canary_check(adapter_a, str(registered.base), max_new_tokens=MAX_TOKENS)
+    chat = load_chat_model(resolve_adapter(str(adapter_a)), device="cpu")
+    assert result.answer == answer(chat, CANARY_PROMPT, max_new_tokens=MAX_TOKENS)
+    assert result.unservable_by == {}
+
+    other = tmp_path / "other-base"
+    shutil.copytree(adapter_a, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["base_model"]["tokenizer_hash"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AdapterRefused, match="tokenizer_hash does not match"):
+        canary_check(other, str(registered.base))
+
+    dora = tmp_path / "dora"
+    shutil.copytree(adapter_a, dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    assert set(engine_limits(dora)) == {"torch", "vllm"}
+    with pytest.raises(AdapterRefused, match=r"--engine vllm.*DoRA"):
+        canary_check(dora, str(registered.base), engine="vllm")
