@@ -318,7 +318,10 @@ def test_annotator_sees_the_reason_and_it_goes_when_fixed(
         WebDriverWait(driver, 90).until(lambda d: "Tasks: 1 / 2" in d.find_element(By.TAG_NAME, "body").text)
         buttons = [b.text for b in driver.find_elements(By.TAG_NAME, "button")]
         assert any(b.startswith("Filters") and "1" in b for b in buttons), buttons
-        assert driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{FEEDBACK_FIELD}']")
+        driver.save_screenshot(str(tmp_path / "needs-fix-tab.png"))  # type: ignore[attr-defined]
+        (column,) = driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{FEEDBACK_FIELD}']")
+        assert column.location["x"] + 50 < driver.get_window_size()["width"]  # on screen, not scrolled off
+        assert "Pipeline feedback: no_surrounding_whitespace" in driver.find_element(By.TAG_NAME, "body").text
 
         # The annotator fixes the response; the next pull clears the panel.
         client.annotations.update(

@@ -58,6 +58,15 @@ PLAIN_REASONS: dict[str, str] = {
     "no_duplicate_prompts": "has the same prompt as another task",
     "no_near_duplicate_prompts": "has almost the same prompt as another task",
 }
+# Data Manager columns the "needs fix" tab hides when created, so that the prompt and the reason fit on screen.
+NEEDS_FIX_HIDDEN_COLUMNS = tuple(
+    f"tasks:{c}"
+    for c in (
+        "inner_id", "cancelled_annotations", "total_predictions", "annotations_results", "annotations_ids",
+        "predictions_score", "predictions_model_versions", "predictions_results", "file_upload",
+        "storage_filename", "created_at", "updated_by", "avg_lead_time", "draft_exists", "allow_skip",
+    )
+)  # fmt: skip
 _FAILED = re.compile(r"^(?P<field>[\w/]+): failed (?P<check>\w+)$")
 
 
@@ -110,7 +119,9 @@ def markers(quarantined: pd.DataFrame) -> dict[int, dict[str, Any]]:
 
 def panel_text(marker: dict[str, Any]) -> str:
     """The feedback panel's text for one task (the `pipeline_feedback` field): what failed, why, how to fix."""
-    lines = [f"⚠ {PANEL_TITLE}: this task was left out of training. Fix it and submit again."]
+    # The first line names the checks: the Data Manager's column shows only the first lines.
+    checks = ", ".join(marker["checks"])
+    lines = [f"⚠ {PANEL_TITLE}: {checks}. This task was left out of training; fix it and submit again."]
     for p in marker["problems"]:
         lines += ["", f"Check: {p['check']}", f"Why: {p['why']}", f"How to fix: {p['fix']}"]
         if p.get("value"):
@@ -162,12 +173,15 @@ def ensure_views(client: LabelStudio, project_id: int, title: str) -> int:
     if all(v.data.get("title") in (title, DISAGREEMENTS_VIEW) for v in views):  # only the pipeline's tabs, or none
         client.views.create(project=project_id, data={"title": DEFAULT_VIEW})
     filters = {"conjunction": "and", "items": [feedback_filter()]}
+    hidden = {"explore": list(NEEDS_FIX_HIDDEN_COLUMNS), "labeling": list(NEEDS_FIX_HIDDEN_COLUMNS)}
     if ours:
         view = ours[0]
         if view.data.get("filters") != filters:
-            client.views.update(id=str(view.id), project=project_id, data={**view.data, "filters": filters})
+            # The columns someone chose stay; an old view that never had a choice gets ours.
+            data = {"hiddenColumns": hidden, **view.data, "filters": filters}
+            client.views.update(id=str(view.id), project=project_id, data=data)
         return int(view.id)
-    view = client.views.create(project=project_id, data={"title": title, "filters": filters})
+    view = client.views.create(project=project_id, data={"title": title, "filters": filters, "hiddenColumns": hidden})
     return int(view.id)
 
 
