@@ -12,25 +12,32 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
 
+from pipeline.chat_format import load_tokenizer
 from pipeline.config import load_config
 from pipeline.demo.tiny_model import build_tiny_model
 from pipeline.evaluate.forgetting import load_verified_adapter
 from pipeline.ingest.server import free_port
-from pipeline.serve.adapter_pool import AdapterRefused
+from pipeline.serve.adapter_pool import AdapterRefused, engine_limits
 from pipeline.serve.adapter_source import resolve_adapter
-from pipeline.serve.canary import CANARY_PROMPT, canary_check, engine_limits
-from pipeline.serve.chat import answer, load_chat_model
+from pipeline.serve.canary import CANARY_PROMPT, canary_check
+from pipeline.serve.chat import answer, load_chat_model, prompt_text
+from pipeline.serve.engine import BASE, BatchEngine, Generation
 from pipeline.track.registry import register_adapter
+from pipeline.train.modeling import load_base_model
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 
@@ -265,10 +272,64 @@ def test_canary_check_loads_through_the_serving_loader(registered: Registered, t
     with pytest.raises(AdapterRefused, match="tokenizer_hash does not match"):
         canary_check(other, str(registered.base))
 
-    dora = tmp_path / "dora"
-    shutil.copytree(adapter_a, dora)
-    config = json.loads((dora / "adapter_config.json").read_text())
-    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    assert set(engine_limits(dora)) == {"torch", "vllm"}
+    dora = _random_dora(registered, tmp_path / "dora")
+    assert engine_limits(dora) == {"vllm": "vLLM's LoRA kernels do not implement DoRA"}
     with pytest.raises(AdapterRefused, match=r"--engine vllm.*DoRA"):
         canary_check(dora, str(registered.base), engine="vllm")
+    served = canary_check(dora, str(registered.base), max_new_tokens=MAX_TOKENS)
+    dora_chat = load_chat_model(resolve_adapter(str(dora)), device="cpu")
+    assert served.answer == answer(dora_chat, CANARY_PROMPT, max_new_tokens=MAX_TOKENS)
+    assert served.unservable_by == {"vllm": "vLLM's LoRA kernels do not implement DoRA"}
+
+
+def _random_dora(registered: Registered, out: Path) -> Path:
+    """A DoRA adapter with random (non-zero) weights on the registered base, with adapter A's manifest."""
+    torch.manual_seed(0)
+    base = load_base_model(str(registered.base), torch.device("cpu"))
+    config = PeftLoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True, init_lora_weights=False
+    )
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.05)
+    model.save_pretrained(out)
+    shutil.copy(registered.adapters["a"] / "manifest.json", out / "manifest.json")
+    return out
+
+
+def test_engine_batches_lora_dora_and_base_as_one_at_a_time(registered: Registered, tmp_path: Path) -> None:
+    """LoRA and base rows share batches (PEFT's adapter_names); a DoRA adapter's rows decode in their own."""
+    dora = _random_dora(registered, tmp_path / "dora")
+    tok = load_tokenizer(str(registered.base))
+    engine = BatchEngine(load_base_model(str(registered.base), torch.device("cpu")), tok, batch_wait_s=0.2)
+    engine.add_adapter("a", registered.adapters["a"])
+    engine.add_adapter("b", registered.adapters["b"])
+    engine.add_adapter("d", dora)
+    dirs = {"a": registered.adapters["a"], "b": registered.adapters["b"], "d": dora}
+    want = {}
+    for name in ("a", "b", "d", BASE):
+        chat = load_chat_model(resolve_adapter(str(dirs.get(name, dora))), base_only=name == BASE, device="cpu")
+        for prompt in PROMPTS:
+            want[(name, prompt)] = answer(chat, prompt, max_new_tokens=MAX_TOKENS)
+    jobs = [(name, prompt) for name in ("a", "b", "d", BASE) for prompt in PROMPTS] * 2
+    got: dict[int, str] = {}
+    finished = threading.Semaphore(0)
+
+    def done(i: int) -> Callable[[str, str, int], None]:
+        def record(text: str, _reason: str, _n: int) -> None:
+            got[i] = text
+            finished.release()
+
+        return record
+
+    try:
+        for i, (name, prompt) in enumerate(jobs):
+            ids = tok(prompt_text(tok, prompt), add_special_tokens=False)["input_ids"]
+            engine.submit(Generation(ids, name, MAX_TOKENS, lambda _: None, done(i), lambda e: pytest.fail(str(e))))
+        for _ in jobs:
+            assert finished.acquire(timeout=120)
+    finally:
+        engine.close()
+    assert [got[i] for i in range(len(jobs))] == [want[job] for job in jobs]

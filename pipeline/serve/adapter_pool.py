@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from pipeline.serve.adapter_source import AdapterSource, resolve_adapter
 from pipeline.serve.engine import BASE, BatchEngine
@@ -80,9 +81,25 @@ def peft_name(name: str, version: int) -> str:
     return re.sub(r"\W", "_", f"{name}_v{version}")
 
 
-def check_servable(adapter_dir: Path, fingerprint: dict[str, Any], served: dict[str, Any], what: str) -> None:
+# What each engine cannot run, by adapter_config.json flag. The torch engine runs DoRA adapters, but in
+# batches of their own (PEFT's mixed-adapter path does not implement DoRA).
+UNSUPPORTED: dict[str, dict[str, str]] = {
+    "torch": {},
+    "vllm": {"use_dora": "vLLM's LoRA kernels do not implement DoRA"},
+}
+
+
+def engine_limits(adapter_dir: str | Path) -> dict[str, str]:
+    """Engines that cannot serve the adapter in `adapter_dir`, each with the reason (empty: all can)."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return {engine: why for engine, flags in UNSUPPORTED.items() for flag, why in flags.items() if config.get(flag)}
+
+
+def check_servable(
+    adapter_dir: Path, fingerprint: dict[str, Any], served: dict[str, Any], what: str, engine: str = "torch"
+) -> None:
     """Raise AdapterRefused unless the adapter was trained on the served base, tokenizer and chat template and
-    is a LoRA the mixed-batch engine can run."""
+    is a LoRA that `engine` can run."""
     for key in FINGERPRINT_KEYS:
         if fingerprint.get(key) != served.get(key):
             raise AdapterRefused(
@@ -92,11 +109,9 @@ def check_servable(adapter_dir: Path, fingerprint: dict[str, Any], served: dict[
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterRefused(f"{what}: a {config.get('peft_type')} adapter; this server serves LoRA adapters only")
-    if config.get("use_dora"):
-        raise AdapterRefused(
-            f"{what}: a DoRA adapter (use_dora), which PEFT cannot run in mixed-adapter batches; "
-            "merge it into its base with `lora-pipeline export` and serve the merged model instead"
-        )
+    limits = engine_limits(adapter_dir)
+    if engine in limits:
+        raise AdapterRefused(f"{what}: cannot be served by --engine {engine}: {limits[engine]}")
 
 
 class AdapterPool:
@@ -127,6 +142,7 @@ class AdapterPool:
         self._lock = threading.Lock()  # guards aliases, loaded, refs
         self._load_lock = threading.Lock()  # one download + load at a time
         self._stop = threading.Event()
+        self._client: MlflowClient | None = None
         self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
         if poll_s > 0:
             self._poller.start()
@@ -166,7 +182,9 @@ class AdapterPool:
         return (name, version)
 
     def _registry_version(self, name: str, *, alias: str | None = None, version: str | None = None) -> int:
-        client = tracking_client(self.tracking_uri)
+        if self._client is None:  # one client for the server's life: the poller asks every few seconds
+            self._client = tracking_client(self.tracking_uri)
+        client = self._client
         try:
             mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         except MlflowException as e:

@@ -2,9 +2,9 @@
 
 `canary_check` runs the same path `lora-pipeline serve` runs for a new registry version (the manifest and
 adapter-config checks of `check_servable`, `BatchEngine.add_adapter`, one greedy mixed-batch generation), so
-that an alias never moves to an adapter the server would refuse. It also says which engines can serve the
-adapter: DoRA adapters (`use_dora` in adapter_config.json) run in neither PEFT's mixed-adapter batches nor
-vLLM's LoRA kernels.
+that an alias never moves to an adapter the server would refuse. It also says which engines cannot serve the
+adapter: vLLM's LoRA kernels do not run DoRA adapters (`use_dora` in adapter_config.json); the torch engine
+runs them, in batches of their own, since PEFT's mixed-adapter path does not implement DoRA.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 
 from pipeline.chat_format import load_tokenizer
 from pipeline.config import SAFE_LOADING, ModelConfig
-from pipeline.serve.adapter_pool import AdapterRefused, check_servable
+from pipeline.serve.adapter_pool import AdapterRefused, check_servable, engine_limits
 from pipeline.serve.chat import prompt_text
 from pipeline.serve.engine import BatchEngine, Generation
 from pipeline.train.manifest import MANIFEST
@@ -24,11 +24,6 @@ from pipeline.train.modeling import fingerprint_base, load_base_model, resolve_d
 
 Engine = Literal["torch", "vllm"]
 CANARY_PROMPT = "Say hello in one short sentence."
-# What each engine cannot run, by adapter_config.json flag.
-UNSUPPORTED: dict[str, dict[str, str]] = {
-    "torch": {"use_dora": "PEFT cannot mix DoRA adapters in one batch"},
-    "vllm": {"use_dora": "vLLM's LoRA kernels do not implement DoRA"},
-}
 
 
 @dataclass(frozen=True)
@@ -38,12 +33,6 @@ class CanaryResult:
     answer: str
     finish_reason: str
     unservable_by: dict[str, str]
-
-
-def engine_limits(adapter_dir: str | Path) -> dict[str, str]:
-    """Engines that cannot serve the adapter in `adapter_dir`, each with the reason (empty: all can)."""
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    return {engine: why for engine, flags in UNSUPPORTED.items() for flag, why in flags.items() if config.get(flag)}
 
 
 def canary_check(
@@ -64,15 +53,13 @@ def canary_check(
     """
     path = Path(adapter_dir)
     limits = engine_limits(path)
-    if engine in limits:
-        raise AdapterRefused(f"adapter {path} cannot be served by --engine {engine}: {limits[engine]}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise AdapterRefused(f"adapter {path} has no {MANIFEST}; only adapters written by the recipe are served")
     trained = json.loads(manifest_path.read_text()).get("base_model") or {}
     tokenizer = load_tokenizer(base_model, trust_remote_code=loading.trust_remote_code)
     base = load_base_model(base_model, resolve_device(device), loading=loading)
-    check_servable(path, trained, asdict(fingerprint_base(base_model, base, tokenizer)), str(path))
+    check_servable(path, trained, asdict(fingerprint_base(base_model, base, tokenizer)), f"adapter {path}", engine)
     batch = BatchEngine(base, tokenizer, max_batch=1)
     try:
         try:

@@ -46,6 +46,7 @@ class Generation:
     on_text: Callable[[str], Any]
     on_done: Callable[[str, str, int], Any]
     on_error: Callable[[BaseException], Any]
+    stop_at_eos: bool = True  # False: always max_new_tokens (fixed-length decoding for benchmarks)
     new_ids: list[int] = field(default_factory=list)
     sent: str = ""
 
@@ -84,6 +85,7 @@ class BatchEngine:
         self.batch_wait_s = batch_wait_s
         self.device = next(base.parameters()).device
         self.lock = threading.Lock()  # held for each forward and each adapter add/delete
+        self.dora: set[str] = set()  # DoRA adapters: PEFT cannot mix them, so each decodes in its own batch
         self.max_positions = int(getattr(base.config, "max_position_embeddings", 0) or 0)
         # transformers renamed `past_key_values` to `cache` (5.25); pass the cache under the name this one takes.
         self._cache_kw = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
@@ -104,12 +106,15 @@ class BatchEngine:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), adapter_name=name)
                 assert isinstance(self.model, PeftModel)
             self.model.eval()
+            if getattr(self.model.peft_config[name], "use_dora", False):
+                self.dora.add(name)
 
     def delete_adapter(self, name: str) -> None:
         """Free an adapter's weights; the caller makes sure no queued or running request uses it."""
         with self.lock:
             assert isinstance(self.model, PeftModel) and len(self.model.peft_config) > 1, "keep one adapter loaded"
             self.model.delete_adapter(name)
+            self.dora.discard(name)
 
     def adapters(self) -> list[str]:
         return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
@@ -147,12 +152,20 @@ class BatchEngine:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(nxt)
-            try:
-                self.generate(batch)
-            except BaseException as e:  # every request of a failed batch hears why; the engine keeps serving
-                log.exception("batch of %d failed", len(batch))
-                for gen in batch:
-                    gen.on_error(e)
+            for group in self._groups(batch):
+                try:
+                    self.generate(group)
+                except BaseException as e:  # every request of a failed batch hears why; the engine keeps serving
+                    log.exception("batch of %d failed", len(group))
+                    for gen in group:
+                        gen.on_error(e)
+
+    def _groups(self, batch: list[Generation]) -> list[list[Generation]]:
+        """The batch as PEFT can run it: LoRA and base rows together, each DoRA adapter's rows apart."""
+        groups: dict[str, list[Generation]] = {}
+        for gen in batch:
+            groups.setdefault(gen.adapter if gen.adapter in self.dora else "", []).append(gen)
+        return list(groups.values())
 
     @torch.no_grad()
     def generate(self, batch: list[Generation]) -> None:
@@ -176,7 +189,7 @@ class BatchEngine:
             keep = []
             for row, g in enumerate(live):
                 token = int(next_ids[row])
-                if token == tok.eos_token_id:
+                if token == tok.eos_token_id and g.stop_at_eos:
                     g.finish(tok, "stop")
                     continue
                 g.push(token, tok)
@@ -203,20 +216,32 @@ class BatchEngine:
         cache: DynamicCache,
         adapters: list[str],
     ) -> torch.Tensor:
-        """Logits of each row's last position, (B, V); rows use their own adapter."""
-        kwargs: dict[str, Any] = {}
+        """Logits of each row's last position, (B, V); rows use their own adapter.
+
+        Rows of several adapters go through PEFT's mixed-batch path (`adapter_names`); a batch of one adapter
+        runs it as the active adapter, and a batch of the base alone with the adapters disabled, which skips
+        the mixed path's per-adapter gathers (and is the only way a DoRA adapter runs)."""
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "use_cache": True,
+            "logits_to_keep": 1,
+            self._cache_kw: cache,
+        }
+        unique = set(adapters)
         with self.lock:
-            if isinstance(self.model, PeftModel):
-                kwargs["adapter_names"] = adapters
+            if not isinstance(self.model, PeftModel):
+                assert unique == {BASE}, "an adapter request before any adapter was loaded"
+                out = self.model(**inputs)
+            elif unique == {BASE}:
+                with self.model.disable_adapter():
+                    out = self.model(**inputs)
+            elif len(unique) == 1:
+                (name,) = unique
+                if self.model.active_adapter != name:
+                    self.model.set_adapter(name, inference_mode=True)
+                out = self.model(**inputs)
             else:
-                assert all(a == BASE for a in adapters), "an adapter request before any adapter was loaded"
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kw: cache},
-                **kwargs,
-            )
+                out = self.model(**inputs, adapter_names=adapters)
         return out.logits[:, -1, :].float()

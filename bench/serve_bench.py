@@ -1,0 +1,331 @@
+"""Benchmark: multi-adapter serving on one base, side by side with the merged single model (CPU, demo base).
+
+Run:  .venv/bin/python bench/serve_bench.py                  # writes bench/results/serve.{json,md}
+      .venv/bin/python bench/serve_bench.py --hidden-size 256 --layers 4 --requests 16 --new-tokens 64
+
+Measured in one run, on one base built here (the tiny demo model by default; --hidden-size/--layers make a
+wider random Llama with the same tokenizer), with rank --rank LoRA adapters on every linear layer:
+  * decode throughput of `BatchEngine` (the server's engine) on --requests concurrent requests of
+    --new-tokens tokens each (EOS ignored, so every configuration decodes the same tokens): the merged single
+    model (one adapter merged into the base, plain forward), and PEFT mixed batches spreading the requests
+    over 1, 4 and 16 adapters. Goal: 16 adapters >= 0.7x the merged model's tokens/s.
+  * hot-swap: a real `mlflow server` and a real `lora-pipeline serve` (--poll-s 0.25); the time from moving
+    an alias to the first answer by the new version (a client polling every 20 ms). Goal <= 2 s.
+  * memory per extra adapter: the bytes of the parameters `load_adapter` adds, and the process RSS growth,
+    against the adapter's safetensors size. Goal <= 1.2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DISABLE_PANDERA_IMPORT_WARNING", "True")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+from peft import LoraConfig as PeftLoraConfig  # noqa: E402
+from peft import PeftModel, get_peft_model  # noqa: E402
+
+from pipeline.chat_format import load_tokenizer  # noqa: E402
+from pipeline.config import LoraConfig  # noqa: E402
+from pipeline.demo.tiny_model import build_tiny_model  # noqa: E402
+from pipeline.ingest.server import free_port, stop_server  # noqa: E402
+from pipeline.serve.chat import prompt_text  # noqa: E402
+from pipeline.serve.engine import BASE, BatchEngine, Generation  # noqa: E402
+from pipeline.train.manifest import MANIFEST  # noqa: E402
+from pipeline.train.modeling import fingerprint_base, load_base_model  # noqa: E402
+
+CPU = torch.device("cpu")
+PROMPTS = [
+    "When does the first ferry leave on Sunday?",
+    "Write a haiku about tea",
+    "How do I reset my password?",
+    "Explain LoRA rank in one sentence.",
+]
+
+
+def build_base(out: Path, hidden: int | None, layers: int | None) -> Path:
+    """The demo tiny model (a few pretraining steps: weights only need to be a plausible base)."""
+    kwargs = {"pretrain_steps": 5, "seed": 0}
+    if hidden:
+        kwargs |= {"hidden_size": hidden, "num_heads": max(4, hidden // 64)}
+    if layers:
+        kwargs["num_layers"] = layers
+    return build_tiny_model(out, **kwargs)
+
+
+def make_adapters(base_dir: Path, out: Path, n: int, rank: int) -> list[Path]:
+    """`n` random (non-zero) LoRA adapters for `base_dir`, with the manifest the server checks."""
+    tok = load_tokenizer(str(base_dir))
+    dirs = []
+    for i in range(n):
+        torch.manual_seed(i)
+        base = load_base_model(str(base_dir), CPU)
+        fp = asdict(fingerprint_base(str(base_dir), base, tok))
+        cfg = PeftLoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=LoraConfig().peft_target_modules(),
+            init_lora_weights=False,  # random B too: the adapter changes answers
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, cfg)
+        with torch.no_grad():  # keep the random update small, as a trained one is
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(0.05)
+        d = out / f"adapter-{i:02d}"
+        model.save_pretrained(d)
+        (d / MANIFEST).write_text(json.dumps({"base_model": fp}))
+        dirs.append(d)
+    return dirs
+
+
+def run_batch(engine: BatchEngine, ids: list[list[int]], adapters: list[str], new_tokens: int) -> float:
+    """Seconds to decode one batch of requests together (every row exactly `new_tokens` tokens)."""
+    gens = [
+        Generation(x, a, new_tokens, lambda _: None, lambda *_: None, lambda e: print(e), stop_at_eos=False)
+        for x, a in zip(ids, adapters, strict=True)
+    ]
+    start = time.perf_counter()
+    engine.generate(gens)
+    elapsed = time.perf_counter() - start
+    assert all(len(g.new_ids) == new_tokens for g in gens)
+    return elapsed
+
+
+def throughput(base_dir: Path, adapters: list[Path], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    tok = load_tokenizer(str(base_dir))
+    ids = [
+        tok(prompt_text(tok, PROMPTS[i % len(PROMPTS)]), add_special_tokens=False)["input_ids"]
+        for i in range(args.requests)
+    ]
+    tokens = args.requests * args.new_tokens
+    rows: dict[str, dict[str, float]] = {}
+
+    merged = PeftModel.from_pretrained(load_base_model(str(base_dir), CPU), str(adapters[0])).merge_and_unload()
+    merged_engine = BatchEngine(merged, tok, max_batch=args.requests)
+    multi = BatchEngine(load_base_model(str(base_dir), CPU), tok, max_batch=args.requests)
+    for i, d in enumerate(adapters):
+        multi.add_adapter(f"a{i}", d)
+    configs = {"merged": (merged_engine, [BASE] * args.requests, 0)}
+    for n in (1, 4, 16):
+        configs[f"{n}_adapters"] = (multi, [f"a{i % n}" for i in range(args.requests)], n)
+    for engine, names, _ in configs.values():
+        run_batch(engine, ids, names, 4)  # warm-up
+    best = dict.fromkeys(configs, float("inf"))
+    for _ in range(args.repeats):  # interleaved, so that load from other processes hits every configuration
+        for key, (engine, names, _) in configs.items():
+            best[key] = min(best[key], run_batch(engine, ids, names, args.new_tokens))
+    for key, (_, _, n) in configs.items():
+        rows[key] = {"adapters": n, "seconds": best[key], "tokens_per_s": tokens / best[key]}
+    merged_engine.close()
+    multi.close()
+    for row in rows.values():
+        row["vs_merged"] = row["tokens_per_s"] / rows["merged"]["tokens_per_s"]
+    return rows
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def memory(base_dir: Path, adapters: list[Path]) -> dict[str, float]:
+    """Parameter bytes and RSS growth per extra adapter, against the adapter's safetensors size."""
+    tok = load_tokenizer(str(base_dir))
+    engine = BatchEngine(load_base_model(str(base_dir), CPU), tok)
+    engine.add_adapter("a0", adapters[0])  # the PeftModel wrapper itself is not an adapter's cost
+    rss_before = rss_bytes()
+    param_bytes, file_bytes = [], []
+    for i, d in enumerate(adapters[1:], start=1):
+        engine.add_adapter(f"a{i}", d)
+        param_bytes.append(
+            sum(p.numel() * p.element_size() for n, p in engine.model.named_parameters() if f".a{i}." in n)
+        )
+        file_bytes.append((d / "adapter_model.safetensors").stat().st_size)
+    rss_growth = (rss_bytes() - rss_before) / len(param_bytes)
+    engine.close()
+    per_file = sum(file_bytes) / len(file_bytes)
+    per_param = sum(param_bytes) / len(param_bytes)
+    return {
+        "adapters_added": len(param_bytes),
+        "safetensors_bytes": per_file,
+        "param_bytes_per_adapter": per_param,
+        "param_vs_file": per_param / per_file,
+        "rss_growth_per_adapter": rss_growth,
+        "rss_vs_file": rss_growth / per_file,
+    }
+
+
+def hot_swap(base_dir: Path, adapters: list[Path], work: Path, repeats: int) -> dict[str, float | list[float]]:
+    """Seconds from an alias move to the first answer by the new version, through real servers."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.serve.adapter_source import resolve_adapter
+    from pipeline.track.registry import register_adapter
+    from pipeline.train.modeling import load_adapter
+
+    mlflow_root = work / "mlflow"
+    mlflow_root.mkdir()
+    port = free_port()
+    log = (mlflow_root / "server.log").open("wb")
+    mlflow = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{mlflow_root / 'mlflow.db'}", "--artifacts-destination", str(mlflow_root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    serve = None
+    try:
+        _wait(f"{url}/health", mlflow, 120)
+        client = MlflowClient(url)
+        exp = client.create_experiment("serve-bench")
+        tok = load_tokenizer(str(base_dir))
+        for i, d in enumerate(adapters[:2]):
+            resolve_adapter(str(d))  # the manifest is readable
+            run_id = client.create_run(exp).info.run_id
+            manifest = json.loads((d / MANIFEST).read_text())
+            model = load_adapter(str(base_dir), d, CPU)
+            register_adapter(
+                url, run_id, model, tok, name="bench", alias=f"adapter{i}", base_model=str(base_dir), manifest=manifest
+            )
+        client.set_registered_model_alias("bench", "champion", 1)
+        sport = free_port()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(sport), "--base-model", str(base_dir),
+             "--device", "cpu", "--poll-s", "0.25", "--preload", "bench@champion"],
+            env={**os.environ, "MLFLOW_TRACKING_URI": url}, cwd=ROOT,
+            stdout=(work / "serve.log").open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        surl = f"http://127.0.0.1:{sport}"
+        _wait(f"{surl}/health", serve, 180)
+        body = {"model": "bench@champion", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 8}
+        times, detect, loads = [], [], []
+        for k in range(repeats):
+            target = 2 if k % 2 == 0 else 1
+            client.set_registered_model_alias("bench", "champion", target)
+            moved, moved_wall = time.monotonic(), time.time()
+            while True:
+                r = httpx.post(f"{surl}/v1/chat/completions", json=body, timeout=60)
+                if r.headers.get("x-lora-model") == f"bench/{target}":
+                    times.append(time.monotonic() - moved)
+                    events = httpx.get(f"{surl}/v1/events", timeout=10).json()["events"]
+                    alias = [e for e in events if e["event"] == "alias" and e["time"] >= moved_wall]
+                    detect.append(alias[0]["time"] - moved_wall)
+                    loads += [e["seconds"] for e in events if e["event"] == "loaded" and e["time"] >= moved_wall]
+                    break
+                if time.monotonic() - moved > 60:
+                    raise RuntimeError(f"alias move to version {target} not followed in 60 s")
+                time.sleep(0.02)
+        return {
+            "seconds": times,
+            "max_seconds": max(times),
+            "poll_s": 0.25,
+            "alias_seen_after_s": detect,  # server-side: move -> new version loaded and the alias switched
+            "load_seconds": loads,  # download + checks + load_adapter, for versions not loaded yet
+        }
+    finally:
+        if serve is not None:
+            serve.terminate()
+            serve.wait(timeout=30)
+        stop_server(mlflow)
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up in {timeout} s")
+        time.sleep(0.3)
+
+
+def markdown(result: dict) -> str:
+    t, m, h = result["throughput"], result["memory"], result["hot_swap"]
+    a = result["args"]
+    lines = [
+        "# Serving benchmark (`bench/serve_bench.py`)",
+        "",
+        f"{result['machine']}; base: {result['base']}; LoRA rank {a['rank']} on every linear layer; "
+        f"{a['requests']} concurrent requests x {a['new_tokens']} new tokens, best of {a['repeats']}.",
+        "",
+        "| configuration | tokens/s | vs merged | goal |",
+        "|---|---|---|---|",
+    ]
+    for name, row in t.items():
+        goal = ">= 0.7x" if name == "16_adapters" else ""
+        label = "merged single model" if name == "merged" else f"{row['adapters']} adapters, mixed batch"
+        lines.append(f"| {label} | {row['tokens_per_s']:.0f} | {row['vs_merged']:.2f}x | {goal} |")
+    lines += [
+        "",
+        f"Hot-swap (alias move -> first answer by the new version, --poll-s {h['poll_s']}): "
+        f"max {h['max_seconds']:.2f} s over {len(h['seconds'])} moves "
+        f"({', '.join(f'{s:.2f}' for s in h['seconds'])}); goal <= 2 s. Server side, the alias switched "
+        f"{', '.join(f'{s:.2f}' for s in h['alias_seen_after_s'])} s after the move; first loads of a version "
+        f"(download + checks + load) took {', '.join(f'{s:.2f}' for s in h['load_seconds'])} s.",
+        "",
+        f"Memory per extra adapter: safetensors {m['safetensors_bytes'] / 1024:.1f} KiB; parameters added "
+        f"{m['param_bytes_per_adapter'] / 1024:.1f} KiB ({m['param_vs_file']:.2f}x); process RSS growth "
+        f"{m['rss_growth_per_adapter'] / 1024:.1f} KiB ({m['rss_vs_file']:.2f}x, allocator noise at this size); "
+        "goal <= 1.2x.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--hidden-size", type=int, help="a wider random base than the tiny demo model")
+    p.add_argument("--layers", type=int)
+    p.add_argument("--swaps", type=int, default=4, help="alias moves timed")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        work = Path(tmp)
+        base_dir = build_base(work / "base", args.hidden_size, args.layers)
+        adapters = make_adapters(base_dir, work, 16, args.rank)
+        cfg = json.loads((base_dir / "config.json").read_text())
+        result = {
+            "machine": f"{platform.machine()} CPU, {args.threads} torch threads, torch {torch.__version__}",
+            "base": f"Llama hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}",
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "throughput": throughput(base_dir, adapters, args),
+            "memory": memory(base_dir, adapters),
+            "hot_swap": hot_swap(base_dir, adapters, work, args.swaps),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "serve.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
