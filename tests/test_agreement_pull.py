@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 from label_studio_sdk import LabelStudio
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import LabelStudioConfig, PipelineConfig, Settings, ValidationConfig
 from pipeline.ingest.client import annotation_result, ensure_project, import_tasks, raw_get
+from pipeline.ingest.export_file import pull_export_file
 from pipeline.ingest.pull import pull_project
 from pipeline.ingest.review_views import (
     DISAGREEMENTS_VIEW,
@@ -101,6 +103,16 @@ def test_pull_measures_agreement_report_check_view_and_mlflow(
     assert pull.annotations.groupby("task_id")["winner"].sum().to_dict() == dict.fromkeys(answers, 1)
     assert len(pull.normalized.records) == 6
     assert set(pull.annotations["annotator"]) == {str(ann), str(bob), str(cat)}
+    # The UI's JSON export, pulled from the file (`labelstudio pull --export-file`), keeps the same annotations.
+    export = tmp_path / "export.json"
+    export.write_text(
+        json.dumps(
+            raw_get(client, f"/api/projects/{project.id}/export", {"export_type": "JSON", "download_all_tasks": "true"})
+        )
+    )
+    from_file = pull_export_file(export, cfg).annotations
+    assert from_file is not None
+    pd.testing.assert_frame_equal(from_file, pull.annotations)
 
     prepared = prepare_dataset(pull, root, config, token_checks=False)
     agreement = prepared.agreement

@@ -43,7 +43,7 @@ def annotation_rows(
     by_annotator: dict[str, list[dict[str, Any]]] = {}
     for ann in _list(task.get("annotations")):
         if isinstance(ann, dict) and ann.get("was_cancelled") is not True:
-            who = _annotator(ann)
+            who = _annotator(ann) if _plain_annotator(ann.get("completed_by")) else ""
             if who:
                 by_annotator.setdefault(who, []).append(ann)
     keep_text = single_responses or len(by_annotator) > 1
@@ -58,14 +58,15 @@ def annotation_rows(
 def _row(
     who: str, ann: dict[str, Any], won: bool, category_name: str, response_name: str, keep_text: bool
 ) -> list[Any]:
-    choices = _result_value(ann, category_name, "choices")
-    texts = _result_value(ann, response_name, "text") if keep_text else None
+    # Only text values compare; a malformed value (quarantined by normalization when it wins) is no answer here.
+    choices = [c for c in _result_value(ann, category_name, "choices") or [] if isinstance(c, str)]
+    texts = [t for t in _result_value(ann, response_name, "text") or [] if isinstance(t, str)] if keep_text else []
     ann_id = ann.get("id")
     return [
         who,
         ann_id if valid_id(ann_id) else None,
-        MULTI_CHOICE_SEP.join(sorted(str(c) for c in choices)) if choices else None,
-        "\n".join(str(t) for t in texts) if texts is not None else None,
+        MULTI_CHOICE_SEP.join(sorted(choices)) if choices else None,
+        "\n".join(texts) if texts else None,
         won,
     ]
 
@@ -79,3 +80,10 @@ def annotation_frame(task_ids: Sequence[int], rows: Sequence[Sequence[Any]]) -> 
     for col in ("annotator", "category", "response"):
         frame[col] = frame[col].astype(object)
     return frame
+
+
+def _plain_annotator(who: Any) -> bool:
+    """An annotator given as an id, a string or a user object whose email/id is one (never a nested structure)."""
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    return who is None or isinstance(who, str | int)
