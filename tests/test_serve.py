@@ -62,7 +62,7 @@ class Registered:
 def registered(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Registered:
     """A quickly built tiny base (the adapters only need its tokenizer and template) and two adapters trained
     on the same prompts with different answers, registered as `@a` (v1) and `@b` (v2); v3 is adapter A
-    registered with a manifest of another base, under `@other`."""
+    registered with a manifest of another base, under `@other`; v4 is adapter B again, under `@c`."""
     base = build_tiny_model(tmp_path_factory.mktemp("serve-base"), pretrain_steps=10, seed=0)
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name(NAME) or client.get_experiment(client.create_experiment(NAME))
@@ -91,6 +91,14 @@ def registered(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
         mlflow_server, run_id, a_model, a_tok, name=NAME, alias="other", base_model=str(base), manifest=a_manifest
     )
     versions["other"] = int(mv.version)
+    # v4: adapter B again, so that three servable versions exist for a server that keeps two
+    b_model, b_tok = load_verified_adapter(cfg, adapters["b"])
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    b_manifest = json.loads((adapters["b"] / "manifest.json").read_text())
+    mv = register_adapter(
+        mlflow_server, run_id, b_model, b_tok, name=NAME, alias="c", base_model=str(base), manifest=b_manifest
+    )
+    versions["c"] = int(mv.version)
     return Registered(mlflow_server, base, adapters, versions)
 
 
@@ -242,6 +250,29 @@ def test_alias_move_switches_answers_without_restart(
 
 def _events(url: str) -> list[dict[str, object]]:
     return httpx.get(f"{url}/events", timeout=10).json()["events"]
+
+
+def test_lru_eviction_never_frees_an_adapter_in_use(
+    server: str, registered: Registered, expected: dict[tuple[str, str], str]
+) -> None:
+    """--max-adapters 2: while a long stream holds v1, loading v4 evicts the idle v2, never v1."""
+    prompt = PROMPTS[1]
+    assert _chat(server, f"{NAME}/1", prompt).status_code == 200
+    assert _chat(server, f"{NAME}/2", prompt).status_code == 200
+    since = time.time()
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(_stream, server, f"{NAME}/1", prompt, 480)
+        time.sleep(0.2)
+        r = _chat(server, f"{NAME}@c", prompt)
+        evicted = [e for e in _events(server) if e["event"] == "evicted" and e["time"] >= since]
+        text, _, served, arrived = held.result()
+    assert r.status_code == 200 and r.headers["x-lora-model"] == f"{NAME}/{registered.versions['c']}"
+    assert r.json()["choices"][0]["message"]["content"] == expected[(f"{NAME}@b", prompt)]
+    assert [e["model"] for e in evicted] == [f"{NAME}/2"]
+    assert evicted[0]["time"] < arrived[-1], "the stream on v1 was not in flight during the eviction"
+    assert served == f"{NAME}/1" and text.startswith(expected[(f"{NAME}@a", prompt)])
+    models = {m["id"] for m in httpx.get(f"{server}/models").json()["data"]}
+    assert {f"{NAME}/1", f"{NAME}/{registered.versions['c']}"} <= models and f"{NAME}/2" not in models
 
 
 def test_concurrent_mixed_requests_answer_as_one_at_a_time(server: str, expected: dict[tuple[str, str], str]) -> None:

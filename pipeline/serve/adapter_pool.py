@@ -52,6 +52,7 @@ class Loaded:
     version: int
     peft_name: str
     adapter_dir: Path
+    download_dir: Path
     size_bytes: int
     refs: int = 0
     last_used: float = 0.0
@@ -210,9 +211,12 @@ class AdapterPool:
             started = time.monotonic()
             dest = self.work_dir / peft_name(name, version)
             shutil.rmtree(dest, ignore_errors=True)
-            source = resolve_adapter(f"models:/{name}/{version}", tracking_uri=self.tracking_uri, dest=dest)
             try:
-                loaded = self._load(key, source, hold)
+                try:
+                    source = resolve_adapter(f"models:/{name}/{version}", tracking_uri=self.tracking_uri, dest=dest)
+                except ValueError as e:  # no peft/ files, no recorded base: not a pipeline adapter
+                    raise AdapterRefused(f"{name}/{version}: {e}") from e
+                loaded = self._load(key, source, dest, hold)
             except AdapterRefused as e:
                 self.refused[key] = str(e)
                 self._event("refused", name, version, reason=str(e))
@@ -228,7 +232,7 @@ class AdapterPool:
         loaded.last_used = time.monotonic()
         return loaded
 
-    def _load(self, key: tuple[str, int], source: AdapterSource, hold: bool) -> Loaded:
+    def _load(self, key: tuple[str, int], source: AdapterSource, dest: Path, hold: bool) -> Loaded:
         name, version = key
         what = f"{name}/{version}"
         check_servable(source.adapter_dir, source.base_fingerprint, self.served, what)
@@ -238,7 +242,9 @@ class AdapterPool:
         except (ValueError, KeyError, RuntimeError) as e:  # PEFT: target modules or shapes that do not fit
             raise AdapterRefused(f"{what}: does not load onto the served base: {e}") from e
         size = sum(p.stat().st_size for p in source.adapter_dir.glob("*.safetensors"))
-        loaded = Loaded(name, version, adapter, source.adapter_dir, size, refs=int(hold), last_used=time.monotonic())
+        loaded = Loaded(
+            name, version, adapter, source.adapter_dir, dest, size, refs=int(hold), last_used=time.monotonic()
+        )
         with self._lock:
             self.loaded[key] = loaded
         return loaded
@@ -260,7 +266,7 @@ class AdapterPool:
                 victim = min(idle, key=lambda a: a.last_used)
                 del self.loaded[(victim.name, victim.version)]
             self.engine.delete_adapter(victim.peft_name)
-            shutil.rmtree(victim.adapter_dir.parent, ignore_errors=True)
+            shutil.rmtree(victim.download_dir, ignore_errors=True)
             self._event("evicted", victim.name, victim.version)
 
     # following aliases --------------------------------------------------------------------------------------

@@ -101,7 +101,12 @@ class BatchEngine:
             raise UnsafeFormatError(f"adapter {adapter_dir} has no {ADAPTER_WEIGHTS}; adapters load from safetensors")
         with self.lock, torch.no_grad():
             if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+                try:
+                    self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+                except BaseException:
+                    if name in self.model.peft_config:  # a half-injected adapter must not stay behind
+                        self.model.delete_adapter(name)
+                    raise
             else:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), adapter_name=name)
                 assert isinstance(self.model, PeftModel)
