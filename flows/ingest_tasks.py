@@ -20,6 +20,7 @@ from pipeline.track.change_detection import TrainDecision
 from pipeline.validate.prepare import PreparedDataset, prepare_dataset
 from pipeline.validate.report import validation_summary
 from pipeline.validate.snapshot import previous_snapshot
+from pipeline.validate.visible_text import visible_preview
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
@@ -77,7 +78,10 @@ def validate_and_snapshot(pull: Pull, snapshots_root: str, config: PipelineConfi
     report = (prepared.snapshot.path / "validation_report.md").read_text()
     create_markdown_artifact(report, key="validation-report", description="pandera checks and reconciliation")
     failures = pd.read_parquet(prepared.snapshot.path / "failures.parquet")
-    rows = failures.head(_ARTIFACT_MAX_ROWS).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+    shown = failures.head(_ARTIFACT_MAX_ROWS).astype(object).where(lambda d: d.notna(), None)
+    if "value" in shown:  # as the report shows it: unquoted, trailing spaces and invisible characters marked
+        shown["value"] = shown["value"].map(visible_preview)
+    rows = shown.to_dict("records")
     if rows:
         create_table_artifact(
             rows,

@@ -3,6 +3,7 @@ checks, and the failure table landing in MLflow and in a Prefect table artifact.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,6 @@ def test_flow_stops_on_error_and_logs_failures(
     artifact = Artifact.get("validation-failures")
     assert artifact is not None and artifact.type == "table"
     assert "no_template_placeholder" in str(artifact.data)
+    # The value shows as the report shows it: unquoted, the doubled space marked.
+    shown = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert "«Dear {name}, see you··aboard.»" in {row["value"] for row in shown}
