@@ -81,6 +81,19 @@ def test_plain_datasets_reads_the_snapshot(snapshot: Any) -> None:
             assert r["annotation_id"] == expected.annotation_id
     assert len(got["rows"]["eval"]) >= 1
 
+    # The card's other recipe: `load_dataset("parquet")` on the snapshot file, held-out rows by `is_eval`.
+    code = (
+        "import json, sys, datasets\n"
+        "rows = datasets.load_dataset('parquet', data_files=sys.argv[1], split='train')\n"
+        "print(json.dumps(sorted(rows.filter(lambda r: r['is_eval'])['task_id'])))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(snapshot.parquet_path)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == sorted(eval_["task_id"].tolist())
+    card = (snapshot.path / "hf" / "README.md").read_text()
+    assert 'load_dataset("parquet", data_files="snapshot.parquet", split="train")' in card
+
 
 def test_dataset_card(snapshot: Any) -> None:
     card = (snapshot.path / "hf" / "README.md").read_text()
