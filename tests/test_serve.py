@@ -35,7 +35,7 @@ from pipeline.serve.adapter_pool import AdapterRefused, engine_limits
 from pipeline.serve.adapter_source import resolve_adapter
 from pipeline.serve.canary import CANARY_PROMPT, canary_check
 from pipeline.serve.chat import answer, load_chat_model, prompt_text
-from pipeline.serve.engine import BASE, BatchEngine, Generation
+from pipeline.serve.engine import BASE, BatchEngine, Generation, _Rows
 from pipeline.track.registry import register_adapter
 from pipeline.train.modeling import load_base_model
 from pipeline.train.recipe import train_adapter
@@ -330,23 +330,32 @@ def _random_dora(registered: Registered, out: Path) -> Path:
     return out
 
 
-def test_engine_batches_lora_dora_and_base_as_one_at_a_time(registered: Registered, tmp_path: Path) -> None:
-    """LoRA and base rows share batches (PEFT's adapter_names); a DoRA adapter's rows decode in their own."""
+def test_engine_batches_lora_dora_and_base_as_one_at_a_time(
+    registered: Registered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LoRA and base rows share batches (PEFT's adapter_names); a DoRA adapter's rows decode in their own;
+    requests arriving while a batch decodes join it between steps. Every answer equals one-at-a-time."""
     dora = _random_dora(registered, tmp_path / "dora")
     tok = load_tokenizer(str(registered.base))
-    engine = BatchEngine(load_base_model(str(registered.base), torch.device("cpu")), tok, batch_wait_s=0.2)
+    engine = BatchEngine(load_base_model(str(registered.base), torch.device("cpu")), tok, max_batch=8)
     engine.add_adapter("a", registered.adapters["a"])
     engine.add_adapter("b", registered.adapters["b"])
     engine.add_adapter("d", dora)
     dirs = {"a": registered.adapters["a"], "b": registered.adapters["b"], "d": dora}
+    lengths = (MAX_TOKENS, 40)
     want = {}
     for name in ("a", "b", "d", BASE):
         chat = load_chat_model(resolve_adapter(str(dirs.get(name, dora))), base_only=name == BASE, device="cpu")
         for prompt in PROMPTS:
-            want[(name, prompt)] = answer(chat, prompt, max_new_tokens=MAX_TOKENS)
-    jobs = [(name, prompt) for name in ("a", "b", "d", BASE) for prompt in PROMPTS] * 2
+            for n in lengths:
+                want[(name, prompt, n)] = answer(chat, prompt, max_new_tokens=n)
+    jobs = [(name, prompt, n) for name in ("a", "b", "d", BASE) for prompt in PROMPTS for n in lengths]
+    jobs = [jobs[(i * 7) % len(jobs)] for i in range(len(jobs))]  # adapters interleaved in arrival order
     got: dict[int, str] = {}
     finished = threading.Semaphore(0)
+    stacks = []
+    stack = _Rows.stack
+    monkeypatch.setattr(_Rows, "stack", lambda rows, other: stacks.append(1) or stack(rows, other))
 
     def done(i: int) -> Callable[[str, str, int], None]:
         def record(text: str, _reason: str, _n: int) -> None:
@@ -356,11 +365,13 @@ def test_engine_batches_lora_dora_and_base_as_one_at_a_time(registered: Register
         return record
 
     try:
-        for i, (name, prompt) in enumerate(jobs):
+        for i, (name, prompt, n) in enumerate(jobs):
             ids = tok(prompt_text(tok, prompt), add_special_tokens=False)["input_ids"]
-            engine.submit(Generation(ids, name, MAX_TOKENS, lambda _: None, done(i), lambda e: pytest.fail(str(e))))
+            engine.submit(Generation(ids, name, n, lambda _: None, done(i), lambda e: pytest.fail(str(e))))
+            time.sleep(0.01)  # arrivals spread out: later ones join running batches
         for _ in jobs:
             assert finished.acquire(timeout=120)
     finally:
         engine.close()
     assert [got[i] for i in range(len(jobs))] == [want[job] for job in jobs]
+    assert stacks, "no request joined a running batch"

@@ -2,8 +2,10 @@
 
 A worker thread collects requests for a few milliseconds, left-pads their prompts into one batch and decodes
 greedily with a KV cache; PEFT's per-row `adapter_names=[...]` (with `BASE` for the base) lets rows of different
-adapters share every forward. Each row's tokens are handed to its request as they come, and finished rows leave
-the batch (their KV-cache rows are dropped). Adapters are added and deleted between forwards, under the same lock.
+adapters share every forward. Each row's tokens are handed to its request as they come; finished rows leave
+the batch and requests that arrive meanwhile join it between steps (continuous batching: their KV cache is
+left-padded and stacked onto the running one). Adapters are added and deleted between forwards, under the
+same lock.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from pipeline.base_model import UnsafeFormatError
 from pipeline.train.modeling import ADAPTER_WEIGHTS
@@ -48,6 +52,7 @@ class Generation:
     on_error: Callable[[BaseException], Any]
     stop_at_eos: bool = True  # False: always max_new_tokens (fixed-length decoding for benchmarks)
     new_ids: list[int] = field(default_factory=list)
+    finished: str | None = None
     sent: str = ""
 
     def push(self, token: int, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -62,7 +67,53 @@ class Generation:
 
     def finish(self, tokenizer: PreTrainedTokenizerBase, reason: str) -> None:
         text = tokenizer.decode(self.new_ids, skip_special_tokens=True).strip()
+        self.finished = reason
         self.on_done(text, reason, len(self.new_ids))
+
+
+@dataclass
+class _Rows:
+    """The running batch: its requests, KV cache, (B, T) attention mask, (B, 1) last positions, and either the
+    last forward's (B, V) logits or the (B,) tokens chosen from them, to feed next."""
+
+    live: list[Generation]
+    cache: DynamicCache
+    mask: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor | None = None
+    next_ids: torch.Tensor | None = None
+
+    def adapters(self) -> list[str]:
+        return [g.adapter for g in self.live]
+
+    def stack(self, other: _Rows) -> _Rows:
+        """Both batches as one: masks and every layer's keys/values left-padded to the wider, then stacked."""
+        if not other.live:
+            return self
+        assert self.next_ids is not None and other.next_ids is not None
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)])
+        mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)])
+        return _Rows(
+            self.live + other.live,
+            self.cache,
+            mask,
+            torch.cat([self.positions, other.positions]),
+            None,
+            torch.cat([self.next_ids, other.next_ids]),
+        )
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`t` with zeros prepended along `dim` up to `width` (masked out wherever they are attended)."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 class BatchEngine:
@@ -90,6 +141,7 @@ class BatchEngine:
         # transformers renamed `past_key_values` to `cache` (5.25); pass the cache under the name this one takes.
         self._cache_kw = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
         self._queue: queue.Queue[Generation | None] = queue.Queue()
+        self._pending: deque[Generation | None] = deque()  # taken off the queue but not admitted yet
         self._worker = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
         self._worker.start()
 
@@ -143,38 +195,91 @@ class BatchEngine:
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            batch = self._next_batch()
+            if batch is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(nxt)
             for group in self._groups(batch):
                 try:
-                    self.generate(group)
+                    self.generate(group, admit=True)
                 except BaseException as e:  # every request of a failed batch hears why; the engine keeps serving
                     log.exception("batch of %d failed", len(group))
                     for gen in group:
-                        gen.on_error(e)
+                        if gen.finished is None:
+                            gen.on_error(e)
+
+    def _next_batch(self) -> list[Generation] | None:
+        """Requests set aside by `_admit` first, then the queue, waiting up to `batch_wait_s` for more; None: stop."""
+        batch: list[Generation] = []
+        while self._pending and len(batch) < self.max_batch:
+            gen = self._pending.popleft()
+            if gen is None:
+                return None
+            batch.append(gen)
+        if not batch:
+            first = self._queue.get()
+            if first is None:
+                return None
+            batch.append(first)
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._pending.append(None)  # stop after this batch
+                break
+            batch.append(nxt)
+        return batch
+
+    def _group_key(self, gen: Generation) -> str:
+        return gen.adapter if gen.adapter in self.dora else ""
 
     def _groups(self, batch: list[Generation]) -> list[list[Generation]]:
         """The batch as PEFT can run it: LoRA and base rows together, each DoRA adapter's rows apart."""
         groups: dict[str, list[Generation]] = {}
         for gen in batch:
-            groups.setdefault(gen.adapter if gen.adapter in self.dora else "", []).append(gen)
+            groups.setdefault(self._group_key(gen), []).append(gen)
         return list(groups.values())
 
+    def _admit(self, rows: _Rows) -> list[Generation]:
+        """Queued requests that may join the running batch now (same group, room left); others wait their turn."""
+        joining: list[Generation] = []
+        key = self._group_key(rows.live[0])
+        while len(rows.live) + len(joining) < self.max_batch:
+            try:
+                gen = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if gen is not None and self._group_key(gen) == key:
+                joining.append(gen)
+            else:
+                self._pending.append(gen)
+                break  # keep arrival order for what cannot join
+        return joining
+
     @torch.no_grad()
-    def generate(self, batch: list[Generation]) -> None:
-        """Greedy-decode `batch` together: left-padded prefill, then one token per row per step from the KV cache."""
+    def generate(self, batch: list[Generation], *, admit: bool = False) -> None:
+        """Greedy-decode `batch` together: left-padded prefill, then one token per row per step from the KV cache.
+
+        With `admit`, queued requests join between steps (continuous batching): they are prefilled on their
+        own and their KV cache is left-padded to the running batch's width and stacked onto it, which is
+        what one left-padded batch of all of them would hold. Finished rows leave the batch the same way.
+        """
+        rows = self._choose(self._prefill(batch))
+        joinable = admit and all(type(layer) is DynamicLayer for layer in rows.cache.layers)
+        while rows.live:
+            if joinable and len(rows.live) < self.max_batch:
+                joining = self._admit(rows)
+                if joining:
+                    batch.extend(joining)  # the caller's list: a failure reaches every request that joined
+                    rows = rows.stack(self._choose(self._prefill(joining)))
+            mask = torch.cat([rows.mask, rows.mask.new_ones((len(rows.live), 1))], dim=1)  # (B, T + 1)
+            positions = rows.positions + 1  # (B, 1)
+            logits = self._forward(rows.next_ids[:, None], mask, positions, rows.cache, rows.adapters())
+            rows = self._choose(_Rows(rows.live, rows.cache, mask, positions, logits))
+
+    def _prefill(self, batch: list[Generation]) -> _Rows:
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         width = max(len(g.ids) for g in batch)
@@ -186,32 +291,31 @@ class BatchEngine:
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         # Positions count real tokens only, so that a left-padded row sees the positions it would see alone.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        live = list(batch)
         cache = DynamicCache()
-        logits = self._forward(input_ids, mask, positions, cache, [g.adapter for g in live])  # (B, V)
-        while True:
-            next_ids = logits.argmax(dim=-1)  # (B,)
-            keep = []
-            for row, g in enumerate(live):
-                token = int(next_ids[row])
-                if token == tok.eos_token_id and g.stop_at_eos:
-                    g.finish(tok, "stop")
-                    continue
-                g.push(token, tok)
-                if len(g.new_ids) >= g.max_new_tokens:
-                    g.finish(tok, "length")
-                    continue
-                keep.append(row)
-            if not keep:
-                return
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                next_ids, mask, positions = next_ids[index], mask[index], positions[index]
-                live = [live[r] for r in keep]
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)  # (B, T + 1)
-            positions = positions[:, -1:] + 1  # (B, 1)
-            logits = self._forward(next_ids[:, None], mask, positions, cache, [g.adapter for g in live])
+        logits = self._forward(input_ids, mask, positions, cache, [g.adapter for g in batch])  # (B, V)
+        return _Rows(list(batch), cache, mask, positions[:, -1:], logits)
+
+    def _choose(self, rows: _Rows) -> _Rows:
+        """Each row's next token from its logits: sent to its request; finished rows leave the batch."""
+        tok = self.tokenizer
+        assert rows.logits is not None
+        next_ids = rows.logits.argmax(dim=-1)  # (B,)
+        keep = []
+        for row, g in enumerate(rows.live):
+            token = int(next_ids[row])
+            if token == tok.eos_token_id and g.stop_at_eos:
+                g.finish(tok, "stop")
+                continue
+            g.push(token, tok)
+            if len(g.new_ids) >= g.max_new_tokens:
+                g.finish(tok, "length")
+                continue
+            keep.append(row)
+        if len(keep) < len(rows.live) and keep:
+            rows.cache.batch_select_indices(torch.tensor(keep, device=self.device))
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        live = [rows.live[r] for r in keep]
+        return _Rows(live, rows.cache, rows.mask[index], rows.positions[index], None, next_ids[index])
 
     def _forward(
         self,
