@@ -144,7 +144,7 @@ def main() -> None:
     torch.set_num_threads(max(1, args.threads))
     cfg = load_config(DEMO_CONFIG, base_model=str(tiny))
     records = sample_records()
-    train_df, eval_df = split_train_eval(records, cfg.data.eval_fraction, "0" * 64)
+    train_df, eval_df = split_train_eval(records, cfg.data.eval_fraction)
 
     t = time.perf_counter()
     # lm_eval/__init__ is lazy: the evaluator and the HF model module are what the first check pays for.

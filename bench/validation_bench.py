@@ -175,7 +175,7 @@ def plain_pandas(
     times["no_duplicate_prompts+no_near_duplicate_prompts"] = t
     t, _ = timed(lambda: (dc.size_check(kept, v), dc.balance_checks(kept, v)))
     times["min_dataset_size+category_balance"] = t
-    t, is_eval = timed(lambda: split_groups(kept, config.data.eval_fraction, "ab" * 32, near))
+    t, is_eval = timed(lambda: split_groups(kept, config.data.eval_fraction, near))
     times["grouped split"] = t
     t, _ = timed(lambda: dc.leakage_check(is_eval, near, v))
     times["no_train_eval_leakage"] = t

@@ -281,7 +281,7 @@ def test_near_duplicate_prompts_warn_and_stay_on_one_side() -> None:
     assert not near.passed and near.policy == "warn"
     assert checks_for(result.warnings, 2) == {"no_near_duplicate_prompts"}
     assert len(result.valid) == 20
-    train, eval_ = split_train_eval(result.valid, 0.3, "ab" * 32)
+    train, eval_ = split_train_eval(result.valid, 0.3)
     group = {1, 2, 3, 4, 5, 6}
     assert group <= set(train["task_id"]) or group <= set(eval_["task_id"])
     assert _check(result, "no_train_eval_leakage").passed

@@ -76,7 +76,7 @@ def _assert_accounted(records: pd.DataFrame, config: PipelineConfig, counter: To
     table = failure_table(result.quarantined, result.warnings, result.dataset_checks, result.policies)
     assert table["how_to_fix"].notna().all()
     if len(result.valid) >= 2:
-        train, eval_ = split_train_eval(result.valid, 0.5, "0" * 64)
+        train, eval_ = split_train_eval(result.valid, 0.5)
         assert len(train) + len(eval_) == len(result.valid)
 
 

@@ -217,10 +217,9 @@ def _dataset_stage(kept: pd.DataFrame, config: PipelineConfig, previous: pd.Data
     final, near_final = kept[survives], near[survives]
     out = [*dup_checks, dc.size_check(final, vcfg), *dc.balance_checks(final, vcfg)]
     if len(final) >= 2:
-        # Leakage is checked on the grouped split itself; any seed exercises the same construction, and a
-        # fast content seed avoids hashing every row twice (the snapshot hash seeds the training split).
-        seed = f"{int(pd.util.hash_pandas_object(final['task_id'], index=False).sum()) & (2**64 - 1):016x}"
-        is_eval = split_groups(final, config.data.eval_fraction, seed, near_final)
+        # The grouped split itself, as the snapshot will write it: no group may straddle it. The gate's leakage
+        # rule compares eval rows with what this run and the champion trained on (pipeline/evaluate/leakage.py).
+        is_eval = split_groups(final, config.data.eval_fraction, near_final)
         out.append(dc.leakage_check(is_eval, near_final, vcfg))
     else:
         out.append(

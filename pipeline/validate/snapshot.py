@@ -1,8 +1,9 @@
 """Content-addressed dataset snapshots: parquet rows + JSON metadata, written atomically, with the frozen split.
 
-The train/eval split is decided once, when the snapshot is written (`is_eval` column, seeded by the
-rows' content hash; pipeline/validate/split.py), and covered by the snapshot's hash: training and
-evaluation read it from the snapshot and never split again.
+The train/eval split is decided once, when the snapshot is written (`is_eval` column, by a stable hash of
+each near-duplicate group, so rows once held out stay held out in later snapshots; pipeline/validate/split.py),
+and covered by the snapshot's hash: training and evaluation read it from the snapshot and never split again.
+A snapshot written by an older rule (`split.rule` absent from snapshot.json) still loads with its stored split.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.validate.hf_dataset import HF_DIR, load_hf_dataset, write_hf_dataset
-from pipeline.validate.split import DEFAULT_NEAR_DUPLICATE_THRESHOLD, eval_flags, partition
+from pipeline.validate.split import DEFAULT_NEAR_DUPLICATE_THRESHOLD, SPLIT_RULE, eval_flags, partition
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -112,11 +113,11 @@ def dataset_hash(records: pd.DataFrame) -> str:
 
 
 def frozen_split(records: pd.DataFrame, eval_fraction: float, near_duplicate_threshold: float) -> np.ndarray:
-    """The `is_eval` flags of the split every stage reads: grouped by near-duplicate prompts, stratified by
-    category, seeded by the rows' content hash; nothing is held out from fewer than 2 rows."""
+    """The `is_eval` flags of the split every stage reads (`SPLIT_RULE`): grouped by near-duplicate prompts, each
+    group's side fixed by a hash of its own prompts; nothing is held out from fewer than 2 rows."""
     if len(records) < 2:
         return np.zeros(len(records), dtype=bool)
-    return eval_flags(records, eval_fraction, content_hash(records), near_duplicate_threshold=near_duplicate_threshold)
+    return eval_flags(records, eval_fraction, near_duplicate_threshold=near_duplicate_threshold)
 
 
 def write_snapshot(
@@ -153,6 +154,7 @@ def write_snapshot(
             for t, a in zip(records["task_id"], records["annotation_id"], strict=True)
         },
         "split": {
+            "rule": SPLIT_RULE,
             "eval_fraction": eval_fraction,
             "near_duplicate_threshold": near_duplicate_threshold,
             "train_rows": int((~records[SPLIT_COLUMN]).sum()),
