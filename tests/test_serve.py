@@ -275,6 +275,22 @@ def test_lru_eviction_never_frees_an_adapter_in_use(
     assert {f"{NAME}/1", f"{NAME}/{registered.versions['c']}"} <= models and f"{NAME}/2" not in models
 
 
+def test_a_client_that_leaves_mid_stream_releases_its_adapter(server: str) -> None:
+    body = {"model": f"{NAME}/1", "messages": [{"role": "user", "content": PROMPTS[1]}], "max_tokens": 480}
+    with httpx.stream("POST", f"{server}/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200
+        next(line for line in r.iter_lines() if '"content": "' in line and '"content": ""' not in line)
+    deadline = time.monotonic() + 30
+    while any(m.get("in_use") for m in _models(server)):
+        assert time.monotonic() < deadline, "the stream's lease was never released"
+        time.sleep(0.1)
+    assert _chat(server, f"{NAME}/1", PROMPTS[0]).status_code == 200  # and the server still answers
+
+
+def _models(url: str) -> list[dict[str, object]]:
+    return httpx.get(f"{url}/models", timeout=10).json()["data"]
+
+
 def test_concurrent_mixed_requests_answer_as_one_at_a_time(server: str, expected: dict[tuple[str, str], str]) -> None:
     jobs = [(model, PROMPTS[i % len(PROMPTS)]) for i, model in enumerate([f"{NAME}@a", f"{NAME}@b", "base"] * 34)][:100]
 

@@ -306,5 +306,5 @@ class AdapterPool:
         with self._lock:
             rows = [{"id": BASE_MODEL_ID, "version": None}]
             rows += [{"id": f"{n}@{a}", "version": v} for (n, a), v in sorted(self.aliases.items())]
-            rows += [{"id": a.model_id, "version": a.version, "refs": a.refs} for a in self.loaded.values()]
+            rows += [{"id": a.model_id, "version": a.version, "in_use": a.refs} for a in self.loaded.values()]
         return rows

@@ -53,6 +53,7 @@ class Generation:
     stop_at_eos: bool = True  # False: always max_new_tokens (fixed-length decoding for benchmarks)
     new_ids: list[int] = field(default_factory=list)
     finished: str | None = None
+    cancelled: bool = False  # set by the caller (a client gone): the row leaves the batch at the next step
     sent: str = ""
 
     def push(self, token: int, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -302,6 +303,9 @@ class BatchEngine:
         next_ids = rows.logits.argmax(dim=-1)  # (B,)
         keep = []
         for row, g in enumerate(rows.live):
+            if g.cancelled:
+                g.finish(tok, "cancelled")
+                continue
             token = int(next_ids[row])
             if token == tok.eos_token_id and g.stop_at_eos:
                 g.finish(tok, "stop")

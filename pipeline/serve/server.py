@@ -154,7 +154,9 @@ async def _lease(server: Server, model: str) -> Lease:
         raise ServeError(409, str(e), "invalid_request_error", "adapter_refused") from None
 
 
-def _start(server: Server, lease: Lease, ids: list[int], max_tokens: int) -> asyncio.Queue[tuple[str, Any]]:
+def _start(
+    server: Server, lease: Lease, ids: list[int], max_tokens: int
+) -> tuple[Generation, asyncio.Queue[tuple[str, Any]]]:
     """Queue the generation; its events (("text", piece), ("done", (text, reason, n)), ("error", e)) arrive on
     the returned queue. The lease is released by the engine thread when the row is finished."""
     loop = asyncio.get_running_loop()
@@ -177,7 +179,7 @@ def _start(server: Server, lease: Lease, ids: list[int], max_tokens: int) -> asy
     except ValueError as e:
         lease.release()
         raise ServeError(400, str(e), "invalid_request_error", "context_length_exceeded") from None
-    return events
+    return gen, events
 
 
 def create_app(server: Server) -> FastAPI:
@@ -200,8 +202,9 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        # `version` (registry version served) and `in_use` (requests holding it) are extras OpenAI clients ignore.
         data = [
-            {"id": m["id"], "object": "model", "created": 0, "owned_by": "lora-pipeline", "version": m["version"]}
+            {"id": m["id"], "object": "model", "created": 0, "owned_by": "lora-pipeline", **m}
             for m in server.pool.models()
         ]
         return {"object": "list", "data": data}
@@ -227,7 +230,7 @@ def create_app(server: Server) -> FastAPI:
 
 async def _respond(server: Server, req: _Sampling, ids: list[int], *, chat: bool) -> JSONResponse | StreamingResponse:
     lease = await _lease(server, req.model)
-    events = _start(server, lease, ids, req.max_tokens)
+    gen, events = _start(server, lease, ids, req.max_tokens)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     headers = {"X-Lora-Model": lease.model_id}
@@ -245,20 +248,23 @@ async def _respond(server: Server, req: _Sampling, ids: list[int], *, chat: bool
 
         async def sse() -> AsyncIterator[str]:
             head = {"id": rid, "object": f"{obj}.chunk" if chat else obj, "created": created, "model": req.model}
-            if chat:
-                yield f"data: {json.dumps({**head, 'choices': [choice('', None, first=True)]})}\n\n"
-            while True:
-                kind, value = await events.get()
-                if kind == "text":
-                    yield f"data: {json.dumps({**head, 'choices': [choice(value, None)]})}\n\n"
-                elif kind == "done":
-                    yield f"data: {json.dumps({**head, 'choices': [choice(None, value[1])]})}\n\n"
-                    break
-                else:
-                    err = {"error": {"message": str(value), "type": "server_error", "param": None, "code": None}}
-                    yield f"data: {json.dumps(err)}\n\n"
-                    break
-            yield "data: [DONE]\n\n"
+            try:
+                if chat:
+                    yield f"data: {json.dumps({**head, 'choices': [choice('', None, first=True)]})}\n\n"
+                while True:
+                    kind, value = await events.get()
+                    if kind == "text":
+                        yield f"data: {json.dumps({**head, 'choices': [choice(value, None)]})}\n\n"
+                    elif kind == "done":
+                        yield f"data: {json.dumps({**head, 'choices': [choice(None, value[1])]})}\n\n"
+                        break
+                    else:
+                        err = {"error": {"message": str(value), "type": "server_error", "param": None, "code": None}}
+                        yield f"data: {json.dumps(err)}\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                gen.cancelled = True  # a client that left stops its row at the next step (no-op once finished)
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
