@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.cli import build_parser, main
+from pipeline.ingest.server import free_port
 
 
 def test_serve_defaults() -> None:
@@ -17,3 +20,14 @@ def test_engine_vllm_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) 
     assert main(["serve", "--engine", "vllm"]) == 2
     err = capsys.readouterr().err
     assert "--engine vllm is not implemented" in err and "Traceback" not in err
+
+
+def test_an_unreachable_registry_is_a_503_not_a_404(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pipeline.serve.adapter_pool import AdapterPool, RegistryUnavailable
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    pool = AdapterPool(None, {}, tracking_uri=f"http://127.0.0.1:{free_port()}", work_dir=tmp_path, poll_s=0)  # type: ignore[arg-type]
+    with pytest.raises(RegistryUnavailable, match="registry"):
+        pool.acquire("lora-adapter@champion")
+    assert pool.acquire("base").model_id == "base"  # the base needs no registry

@@ -36,8 +36,12 @@ _MODEL = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<v
 FINGERPRINT_KEYS = ("weights_hash", "tokenizer_hash", "chat_template_hash")
 
 
-class UnknownModel(LookupError):
+class UnknownModel(ValueError):
     """The request's `model` names nothing this server can serve (HTTP 404)."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry could not be asked (HTTP 503); what is loaded keeps serving."""
 
 
 class AdapterRefused(ValueError):
@@ -190,7 +194,11 @@ class AdapterPool:
             mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         except MlflowException as e:
             what = f"alias {alias!r}" if alias else f"version {version}"
-            raise UnknownModel(f"registered model {name!r} has no {what} ({e.error_code})") from None
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise UnknownModel(f"registered model {name!r} has no {what} ({e.error_code})") from None
+            raise RegistryUnavailable(f"could not look up {name} {what} in the registry: {e}") from e
+        except OSError as e:  # connection refused / reset before MLflow's own retries wrap it
+            raise RegistryUnavailable(f"could not reach the registry at {self.tracking_uri}: {e}") from e
         return int(mv.version)
 
     # loading and eviction -----------------------------------------------------------------------------------
@@ -280,6 +288,9 @@ class AdapterPool:
                 version = self._registry_version(name, alias=alias)
             except UnknownModel:
                 continue  # alias deleted: keep serving what it pointed at until it is set again
+            except RegistryUnavailable as e:
+                log.warning("%s; retrying in %s s", e, self.poll_s)
+                return
             if version == current:
                 continue
             try:
@@ -295,7 +306,7 @@ class AdapterPool:
         while not self._stop.wait(self.poll_s):
             try:
                 self.refresh_aliases()
-            except (MlflowException, OSError) as e:  # registry unreachable: keep serving, retry next period
+            except (MlflowException, OSError, RegistryUnavailable) as e:  # keep serving, retry next period
                 log.warning("could not refresh registry aliases: %s", e)
 
     def _event(self, kind: str, name: str, version: int, **extra: Any) -> None:

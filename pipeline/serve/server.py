@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.chat_format import chat_template, load_tokenizer
 from pipeline.config import SAFE_LOADING, ModelConfig
-from pipeline.serve.adapter_pool import AdapterPool, AdapterRefused, Lease, UnknownModel
+from pipeline.serve.adapter_pool import AdapterPool, AdapterRefused, Lease, RegistryUnavailable, UnknownModel
 from pipeline.serve.engine import BatchEngine, Generation
 from pipeline.train.modeling import fingerprint_base, load_base_model, resolve_device
 
@@ -152,6 +152,8 @@ async def _lease(server: Server, model: str) -> Lease:
         raise ServeError(404, str(e), "invalid_request_error", "model_not_found") from None
     except AdapterRefused as e:
         raise ServeError(409, str(e), "invalid_request_error", "adapter_refused") from None
+    except RegistryUnavailable as e:
+        raise ServeError(503, str(e), "server_error", "registry_unavailable") from None
 
 
 def _start(
