@@ -13,7 +13,15 @@ from pipeline.redact import redact
 from pipeline.track import tracking
 from pipeline.track.orphans import mark_orphaned_runs
 from pipeline.track.outage import reachable, tracking_outage
-from pipeline.track.promotion import Assessment, Promotion, assess_adapter, promote, write_artifacts
+from pipeline.track.promotion import (
+    Assessment,
+    Promotion,
+    assess_adapter,
+    log_training_keys,
+    promote,
+    write_artifacts,
+)
+from pipeline.track.review import run_description, set_run_verdict, write_model_card
 from pipeline.track.step_logger import StepLogger
 from pipeline.track.work_runs import RunClaim, claim_run
 from pipeline.train.launch import train_with_torchrun
@@ -114,8 +122,9 @@ def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, ru
     per-item scores, the side-by-side table, plots and the adapter itself."""
     settings = Settings()
     uri = settings.mlflow_tracking_uri
-    _, eval_df = snapshot.split()
-    assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri)
+    train_df, eval_df = snapshot.split()
+    assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri, train_records=train_df)
+    write_model_card(result.adapter_dir, result.manifest, assessment, run_id=run_id)
     metrics = assessment.metrics()
     if "forgetting_wall_time_s" in metrics and result.wall_time_s > 0:
         # What the forgetting check costs next to training (issue 5 budget: <= 0.15 at the demo's settings).
@@ -123,6 +132,10 @@ def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, ru
     out = write_artifacts(assessment, result.history, result.adapter_dir.parent / f"{run_id}-evaluation")
     with tracking_outage(uri, run_id, result.adapter_dir, "the evaluation and the adapter"):
         tracking.log_metrics(uri, run_id, metrics)
+        set_run_verdict(
+            uri, run_id, assessment, run_description(assessment, run_id=run_id, base_model=config.base_model)
+        )
+        log_training_keys(uri, run_id, train_df)
         tracking.log_artifacts(uri, run_id, out, "evaluation")
         tracking.log_table(uri, run_id, assessment.task.side_by_side, "evaluation/side_by_side_table.json")
         tracking.log_artifacts(uri, run_id, result.adapter_dir, "adapter")
@@ -148,12 +161,18 @@ def promote_adapter(
         again = promotion.assessment
         tracking.log_metrics(uri, run_id, again.metrics())
         tracking.log_text(uri, run_id, again.report_markdown(), "evaluation/gate_report.md")
+        set_run_verdict(uri, run_id, again, run_description(again, run_id=run_id, base_model=config.base_model))
         logger.info("the champion moved during evaluation: %s", again.champion_note)
     version = promotion.version
     if version is None:
         logger.info("not registered: gate failed %s", promotion.assessment.verdict.failed_rules)
         return promotion
     tracking.log_metrics(uri, run_id, {"registered_version": float(version.version)})
+    model_uri = f"models:/{version.name}/{version.version}"
+    final = promotion.assessment
+    set_run_verdict(
+        uri, run_id, final, run_description(final, run_id=run_id, base_model=config.base_model, model_uri=model_uri)
+    )
     logger.info("registered %s version %s with aliases %s", version.name, version.version, version.aliases)
     return promotion
 

@@ -115,6 +115,51 @@ def test_all_bounds_within_budget_pass_and_the_champion_rule_compares_losses() -
     assert not evaluate_gate(GateConfig(max_accuracy_drop_points=1.0), task, report).passed
 
 
+def test_beats_champion_judges_the_difference_against_a_real_threshold() -> None:
+    """The value is the champion's loss minus ours (not a raw loss) and the threshold is 0, never nan."""
+    task = _task(Interval(0.5, 0.3, 0.7, 0.95), adapter_nll=1.0)
+    report = _report(Interval(-0.005, -0.015, 0.0, 0.95), Interval(0.01, 0.0, 0.04, 0.95))
+    won = evaluate_gate(GateConfig(), task, report, champion_task_loss=1.25)
+    rule = {r.name: r for r in won.rules}["beats_champion"]
+    assert rule.value == pytest.approx(0.25) and rule.threshold == 0.0 and rule.passed
+    assert won.metrics()["gate_beats_champion_threshold"] == 0.0
+    assert "| beats_champion | pass | +0.2500 | +0.0000 |" in won.markdown()
+
+
+def test_a_champion_on_another_base_is_not_comparable_never_a_pass() -> None:
+    task = _task(Interval(0.5, 0.3, 0.7, 0.95), adapter_nll=1.0)
+    report = _report(Interval(-0.005, -0.015, 0.0, 0.95), Interval(0.01, 0.0, 0.04, 0.95))
+    verdict = evaluate_gate(GateConfig(), task, report, champion_not_comparable="version 3 was trained on another base")
+    assert not verdict.passed and verdict.failed_rules == ["beats_champion"]
+    assert verdict.headline == "NOT COMPARABLE (version 3 was trained on another base)"
+    assert "Promotion gate: NOT COMPARABLE" in verdict.markdown()
+
+
+def test_leakage_rule_fails_on_any_eval_row_a_training_set_holds() -> None:
+    """Rows are matched by normalized prompt + response (not task id): a champion that trained on an eval row
+    under another task id, reworded only in case and punctuation, is caught; an unreadable champion fails too."""
+    from pipeline.evaluate.leakage import LeakageReport, content_keys, overlap, unknown
+
+    eval_rows = make_records(6)
+    champion_train = eval_rows.iloc[[2]].assign(task_id=999, prompt=lambda d: d["prompt"].str.upper() + "!!")
+    pool = make_records(40)
+    own_train = pool[[k not in set(content_keys(eval_rows)) for k in content_keys(pool)]]
+    clean = LeakageReport(6, (overlap(eval_rows, "this run's training rows", set(content_keys(own_train))),))
+    caught = clean.with_side(
+        overlap(eval_rows, "champion version 1's training rows", set(content_keys(champion_train)))
+    )
+    task = _task(Interval(0.5, 0.3, 0.7, 0.95), adapter_nll=1.0)
+    report = _report(Interval(-0.005, -0.015, 0.0, 0.95), Interval(0.01, 0.0, 0.04, 0.95))
+    assert evaluate_gate(GateConfig(), task, report, leakage=clean).passed
+    verdict = evaluate_gate(GateConfig(), task, report, champion_task_loss=1.2, leakage=caught)
+    assert verdict.failed_rules == ["no_eval_leakage"]
+    rule = {r.name: r for r in verdict.rules}["no_eval_leakage"]
+    assert rule.value == 1.0 and rule.threshold == 0.0
+    assert f"champion version 1's training rows: 1 (eval task ids {int(eval_rows['task_id'].iloc[2])})" in rule.detail
+    blind = clean.with_side(unknown("champion version 1's training rows", "its run has no snapshot"))
+    assert not evaluate_gate(GateConfig(), task, report, leakage=blind).passed
+
+
 # ---- the tiny model: over-trained fails, sane passes ------------------------------------------
 
 

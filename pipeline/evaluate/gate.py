@@ -7,10 +7,12 @@ improves on the task only if the lower bound of the improvement clears the thres
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from pipeline.config import GateConfig
 from pipeline.evaluate.forgetting import ForgettingReport
+from pipeline.evaluate.leakage import LeakageReport
 from pipeline.evaluate.task_eval import TaskEvaluation
 
 
@@ -25,13 +27,33 @@ class RuleResult:
     detail: str
 
 
+# The leakage rule's name (the validation check `no_train_eval_leakage` judges one snapshot's split only).
+LEAKAGE_RULE = "no_eval_leakage"
+CHAMPION_RULE = "beats_champion"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:+.4f}" if math.isfinite(x) else "n/a"
+
+
 @dataclass(frozen=True)
 class GateVerdict:
     rules: list[RuleResult]
+    # Why the champion could not be compared with (another base): the verdict is "not comparable", never a pass.
+    not_comparable: str = ""
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.rules)
+
+    @property
+    def headline(self) -> str:
+        """PASSED, NOT COMPARABLE (why) or FAILED (rules): the first thing a reviewer reads."""
+        if self.passed:
+            return "PASSED"
+        if self.not_comparable:
+            return f"NOT COMPARABLE ({self.not_comparable})"
+        return f"FAILED ({', '.join(self.failed_rules)})"
 
     @property
     def failed_rules(self) -> list[str]:
@@ -46,9 +68,8 @@ class GateVerdict:
         return out
 
     def markdown(self, title: str = "Promotion gate") -> str:
-        verdict = "PASSED" if self.passed else f"FAILED ({', '.join(self.failed_rules)})"
         lines = [
-            f"# {title}: {verdict}",
+            f"# {title}: {self.headline}",
             "",
             "Each rule judges the pessimistic bound of a paired bootstrap interval, not the point estimate.",
             "",
@@ -57,12 +78,12 @@ class GateVerdict:
         ]
         for r in self.rules:
             lines.append(
-                f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {r.value:+.4f} | {r.threshold:+.4f} | {r.detail} |"
+                f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.detail} |"
             )
         return "\n".join(lines) + "\n"
 
     def as_dict(self) -> dict[str, object]:
-        return {"passed": self.passed, "rules": [asdict(r) for r in self.rules]}
+        return {"passed": self.passed, "not_comparable": self.not_comparable, "rules": [asdict(r) for r in self.rules]}
 
 
 def evaluate_gate(
@@ -71,8 +92,12 @@ def evaluate_gate(
     forgetting: ForgettingReport,
     *,
     champion_task_loss: float | None = None,
+    champion_not_comparable: str = "",
+    leakage: LeakageReport | None = None,
 ) -> GateVerdict:
-    """Apply every rule; `champion_task_loss` is the current champion's held-out loss on the same split."""
+    """Apply every rule; `champion_task_loss` is the current champion's held-out loss on the same split,
+    `champion_not_comparable` why there is a champion that cannot be compared (the verdict is then "not
+    comparable"), `leakage` the eval rows checked against this run's and the champion's training rows."""
     rules: list[RuleResult] = []
     imp = task.improvement
     rules.append(
@@ -117,22 +142,36 @@ def evaluate_gate(
                     ),
                 )
             )
-    if gate.beat_champion:
-        if champion_task_loss is None:
-            rules.append(
-                RuleResult("beats_champion", True, task.adapter_loss, float("nan"), "no champion registered yet")
+    if leakage is not None:
+        rules.append(
+            RuleResult(
+                name=LEAKAGE_RULE,
+                passed=leakage.passed,
+                value=float(leakage.overlapping) if all(not x.unknown for x in leakage.sides) else float("nan"),
+                threshold=0.0,
+                detail=leakage.detail(),
             )
+        )
+    if gate.beat_champion:
+        if champion_not_comparable:
+            rules.append(
+                RuleResult(CHAMPION_RULE, False, float("nan"), 0.0, f"not comparable: {champion_not_comparable}")
+            )
+        elif champion_task_loss is None:
+            rules.append(RuleResult(CHAMPION_RULE, True, float("nan"), 0.0, "no champion registered yet"))
         else:
+            # The value is the improvement over the champion (nats/token), so the threshold is a number too.
+            margin = champion_task_loss - task.adapter_loss
             rules.append(
                 RuleResult(
-                    name="beats_champion",
-                    passed=task.adapter_loss < champion_task_loss,
-                    value=task.adapter_loss,
-                    threshold=champion_task_loss,
+                    name=CHAMPION_RULE,
+                    passed=margin > 0.0,
+                    value=margin,
+                    threshold=0.0,
                     detail=(
                         f"held-out loss {task.adapter_loss:.4f} vs champion {champion_task_loss:.4f} on the same "
-                        "split; must be lower"
+                        "frozen rows; the champion's loss minus ours must be above"
                     ),
                 )
             )
-    return GateVerdict(rules=rules)
+    return GateVerdict(rules=rules, not_comparable=champion_not_comparable)

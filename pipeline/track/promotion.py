@@ -19,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from pipeline.config import PipelineConfig
 from pipeline.evaluate.forgetting import ForgettingReport, forgetting_check, load_verified_adapter
 from pipeline.evaluate.gate import GateVerdict, evaluate_gate
+from pipeline.evaluate.leakage import LeakageReport, Overlap, content_keys, overlap, unknown
 from pipeline.evaluate.plots import forgetting_bars, loss_curves
 from pipeline.evaluate.task_eval import TaskEvaluation, evaluate_task, held_out_loss_with_adapter
 from pipeline.track.registry import (
@@ -31,8 +32,15 @@ from pipeline.track.registry import (
     register_adapter,
 )
 from pipeline.track.registry_lock import registry_lock
+from pipeline.track.review import version_description
+from pipeline.track.store import tracking_client
 from pipeline.train.manifest import MANIFEST
 from pipeline.train.results import StepLog
+from pipeline.validate.snapshot import load_snapshot
+
+# Content keys (pipeline/evaluate/leakage.py) of the rows a run trained on: what the leakage rule reads when
+# that run's adapter is the champion. Runs without it are read through their `snapshot_path` tag.
+TRAIN_KEYS_ARTIFACT = "data/train_content_keys.json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class Assessment:
     champion_version: str | None = None
     champion_task_loss: float | None = None
     champion_note: str = ""
+    leakage: LeakageReport | None = None
 
     def metrics(self) -> dict[str, float]:
         out = {**self.forgetting.metrics(), **self.task.metrics(), **self.verdict.metrics()}
@@ -86,41 +95,109 @@ class Assessment:
 
 @dataclass(frozen=True)
 class ChampionComparison:
-    """The champion this adapter was compared with (None: no champion, or one on another base)."""
+    """The champion this adapter was compared with (version None: no champion, or one that is not comparable)."""
 
     version: str | None
     task_loss: float | None
     note: str
+    not_comparable: str = ""
+    # The eval rows found among the champion's training rows (None: there is no champion).
+    trained_on_eval: Overlap | None = None
+
+
+def log_training_keys(uri: str, run_id: str, train_records: pd.DataFrame) -> None:
+    """Record which rows (by content) the run trained on, for the leakage rule of later runs."""
+    from pipeline.track import tracking
+
+    tracking.log_text(uri, run_id, json.dumps(sorted(set(content_keys(train_records)))), TRAIN_KEYS_ARTIFACT)
+
+
+def training_keys_of(uri: str, version: ModelVersion) -> tuple[set[str] | None, str]:
+    """The content keys of the rows a registered version was trained on, or (None, why they are unknown)."""
+    run_id = version.run_id or version.tags.get("source_run_id")
+    if not run_id:
+        return None, "the version names no source run"
+    client = tracking_client(uri)
+    folder, name = TRAIN_KEYS_ARTIFACT.rsplit("/", 1)
+    if any(f.path == TRAIN_KEYS_ARTIFACT for f in client.list_artifacts(run_id, folder)):
+        with tempfile.TemporaryDirectory() as tmp:
+            return set(json.loads(Path(client.download_artifacts(run_id, TRAIN_KEYS_ARTIFACT, tmp)).read_text())), ""
+    snapshot_path = client.get_run(run_id).data.tags.get("snapshot_path")
+    if not snapshot_path:
+        return None, f"run {run_id} logged no {name} and names no snapshot"
+    try:
+        snapshot = load_snapshot(snapshot_path)
+    except (FileNotFoundError, ValueError) as e:
+        return None, f"snapshot {snapshot_path} of run {run_id} cannot be read: {e}"
+    wanted = version.tags.get("dataset_hash")
+    if wanted and wanted != snapshot.hash:
+        return None, f"snapshot {snapshot_path} holds {snapshot.hash[:12]}, not the trained {wanted[:12]}"
+    train, _ = snapshot.split()
+    return set(content_keys(train)), ""
 
 
 def compare_champion(
     model: Any, tokenizer: Any, config: PipelineConfig, adapter_dir: str | Path, eval_records: pd.DataFrame, uri: str
 ) -> ChampionComparison:
-    """The current champion's held-out loss on this run's split, scored on the same base weights."""
+    """The current champion's held-out loss on this run's split, scored on the same base weights, and whether it
+    trained on any of these eval rows."""
     manifest = json.loads((Path(adapter_dir) / MANIFEST).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         champ = fetch_champion(uri, config.gate.registered_model, tmp)
         if champ is None:
             return ChampionComparison(None, None, f"no `{CHAMPION}` alias on {config.gate.registered_model!r} yet")
         version = str(champ.version.version)
+        source = f"champion version {version}'s training rows"
+        keys, why = training_keys_of(uri, champ.version)
+        seen = unknown(source, why) if keys is None else overlap(eval_records, source, keys)
         if champ.base_weights_hash != manifest["base_model"]["weights_hash"]:
-            # Losses from different bases are not comparable token for token; say so instead of guessing.
-            return ChampionComparison(None, None, f"version {version} was trained on another base; not compared")
+            # Losses from different bases are not comparable token for token: the verdict says so, never a pass.
+            why_not = (
+                f"champion version {version} was trained on another base "
+                f"(weights {str(champ.base_weights_hash)[:12]} vs {str(manifest['base_model']['weights_hash'])[:12]})"
+            )
+            return ChampionComparison(None, None, f"{why_not}; not compared", why_not, seen)
         loss = held_out_loss_with_adapter(model, tokenizer, eval_records, str(champ.adapter_dir), config)
-        return ChampionComparison(version, loss, f"version {version}, held-out loss {loss:.4f} on this run's split")
+        note = f"version {version}, held-out loss {loss:.4f} on this run's split"
+        return ChampionComparison(version, loss, note, "", seen)
+
+
+def _leakage(
+    eval_records: pd.DataFrame, train_records: pd.DataFrame | None, champ: ChampionComparison
+) -> LeakageReport | None:
+    sides: list[Overlap] = []
+    if train_records is not None:
+        sides.append(overlap(eval_records, "this run's training rows", set(content_keys(train_records))))
+    if champ.trained_on_eval is not None:
+        sides.append(champ.trained_on_eval)
+    return LeakageReport(len(eval_records), tuple(sides)) if sides else None
 
 
 def assess_adapter(
-    config: PipelineConfig, adapter_dir: str | Path, eval_records: pd.DataFrame, *, tracking_uri: str | None = None
+    config: PipelineConfig,
+    adapter_dir: str | Path,
+    eval_records: pd.DataFrame,
+    *,
+    tracking_uri: str | None = None,
+    train_records: pd.DataFrame | None = None,
 ) -> Assessment:
-    """Guards, forgetting check, task evaluation, champion comparison and the gate verdict."""
+    """Guards, forgetting check, task evaluation, champion comparison, leakage (eval rows vs `train_records` and
+    the champion's training rows) and the gate verdict."""
     model, tokenizer = load_verified_adapter(config, adapter_dir)
     forgetting = forgetting_check(model, tokenizer, config)
     task = evaluate_task(model, tokenizer, eval_records, config)
     champ = ChampionComparison(None, None, "")
     if config.gate.beat_champion and tracking_uri is not None:
         champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri)
-    verdict = evaluate_gate(config.gate, task, forgetting, champion_task_loss=champ.task_loss)
+    leakage = _leakage(eval_records, train_records, champ)
+    verdict = evaluate_gate(
+        config.gate,
+        task,
+        forgetting,
+        champion_task_loss=champ.task_loss,
+        champion_not_comparable=champ.not_comparable,
+        leakage=leakage,
+    )
     return Assessment(
         forgetting=forgetting,
         task=task,
@@ -128,6 +205,7 @@ def assess_adapter(
         champion_version=champ.version,
         champion_task_loss=champ.task_loss,
         champion_note=champ.note,
+        leakage=leakage,
     )
 
 
@@ -155,6 +233,7 @@ def promote(
     run_id: str,
     eval_records: pd.DataFrame,
     lock_dir: str | Path,
+    train_records: pd.DataFrame | None = None,
 ) -> Promotion:
     """Register a passing adapter under `candidate` (or `champion` with gate.auto_promote).
 
@@ -171,12 +250,21 @@ def promote(
     with registry_lock(lock_dir, config.gate.registered_model):
         if config.gate.beat_champion and _champion_now(tracking_uri, config) != assessment.champion_version:
             champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri)
+            leakage = assessment.leakage
+            if champ.trained_on_eval is not None:
+                leakage = (leakage or LeakageReport(len(eval_records), ())).with_side(champ.trained_on_eval)
             verdict = evaluate_gate(
-                config.gate, assessment.task, assessment.forgetting, champion_task_loss=champ.task_loss
+                config.gate,
+                assessment.task,
+                assessment.forgetting,
+                champion_task_loss=champ.task_loss,
+                champion_not_comparable=champ.not_comparable,
+                leakage=leakage,
             )
             assessment = replace(
                 assessment,
                 verdict=verdict,
+                leakage=leakage,
                 champion_version=champ.version,
                 champion_task_loss=champ.task_loss,
                 champion_note=f"{champ.note} (the champion moved during evaluation; compared again)",
@@ -199,6 +287,12 @@ def promote(
                 TAG_COMPARED_TO: assessment.champion_version or "none",
             },
         )
+        description = version_description(
+            assessment, name=version.name, version=str(version.version), base_model=config.base_model, run_id=run_id
+        )
+        client = tracking_client(tracking_uri)
+        client.update_model_version(version.name, version.version, description)
+        version = client.get_model_version(version.name, version.version)
     return Promotion(version, assessment, reassessed)
 
 

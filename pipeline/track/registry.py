@@ -32,6 +32,11 @@ TAG_TASK_LOSS = "task_loss_adapter"
 TAG_COMPARED_TO = "compared_to_champion"
 
 
+def previous_tag(alias: str) -> str:
+    """The version tag naming the version that held `alias` before this one did ("none": no version did)."""
+    return f"previous_{alias}"
+
+
 @dataclass(frozen=True)
 class Champion:
     """The version behind the `champion` alias and where its adapter files were downloaded."""
@@ -95,6 +100,9 @@ def register_adapter(
         "dataset_hash": str(manifest.get("dataset_hash", "")),
         **(tags or {}),
     }
+    before = get_alias(tracking_uri, name, alias)
+    # Which version held the alias before this one: `lora-pipeline rollback` moves the alias back there.
+    all_tags[previous_tag(alias)] = "none" if before is None else str(before.version)
     mv = mlflow.register_model(info.model_uri, name, tags=all_tags)
     client.set_registered_model_alias(name, alias, mv.version)
     return client.get_model_version(name, mv.version)
