@@ -133,6 +133,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(out["reconciliation"])
     print(f"MLflow run:    {out['run_id']}")
     _print_metrics(out["metrics"])
+    print(out["learning"])
     print(out["promotion"])
     print(f"adapter:       {out['adapter_dir']}")
     print(f"snapshot:      {out['snapshot_dir']}")

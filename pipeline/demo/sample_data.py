@@ -246,7 +246,37 @@ def _spaces(k: int) -> str:
 
 
 def _fill(template: Pair, ctx: dict[str, str]) -> Pair:
-    return template[0].format(**ctx), template[1].format(**ctx)
+    pair = template[0].format(**ctx), template[1].format(**ctx)
+    key = FACT_KEYS.get(template[0])
+    if key is not None:  # a fact question: remember the string its right answer must contain
+        _FACTS[pair[0]] = ctx[key] if key != "mins" else f"{ctx['mins']} minutes"
+    return pair
+
+
+# Fact questions (fares, times, timetables): the prompt template -> the slot holding the fact the answer
+# must state. The demo checks an answer by looking for that exact string ("$9.50", "06:45", "45 minutes").
+FACT_KEYS: dict[str, str] = {
+    ROUTE_T["schedules"][0][0]: "first",
+    ROUTE_T["schedules"][1][0]: "last",
+    ROUTE_T["schedules"][2][0]: "mins",
+    ROUTE_T["tickets"][0][0]: "fare",
+    ROUTE_T["tickets"][1][0]: "child",
+    ARRIVE_T[0]: "arr",
+    GROUP_T[0]: "total",
+}
+_FACTS: dict[str, str] = {}
+
+
+def fact_of(prompt: str) -> str | None:
+    """The fact (fare, time, duration) a right answer to this sample prompt states; None for other prompts."""
+    _pool()  # fills _FACTS
+    return _FACTS.get(prompt)
+
+
+def fact_answered(prompt: str, answer: str) -> bool | None:
+    """Whether `answer` states the fact `prompt` asks for (exact string match); None when it asks for none."""
+    fact = fact_of(prompt)
+    return None if fact is None else fact in answer
 
 
 def _route_pairs() -> dict[str, list[Pair]]:

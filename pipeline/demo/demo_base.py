@@ -1,0 +1,138 @@
+"""The demo's base model: a small Llama-style LM pretrained on the generated general corpus, built once and cached.
+
+`build_tiny_model` (tests) makes a 2-layer, hidden-64 model that cannot write a sentence, so an adapter on
+it has nothing to adapt. This base is larger (about 3 million parameters, a vocabulary sized for the
+corpus) and pretrained long enough to answer everyday questions in the chat template; the LoRA then
+teaches it the ferry desk. The directory name carries a hash of every build setting, so a second demo
+(or test session) with the same settings loads it instead of building it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from pipeline.demo.corpus import general_dialogues, general_texts
+from pipeline.demo.tiny_model import build_tokenizer
+
+MARKER = "demo_base.json"
+
+
+@dataclass(frozen=True)
+class DemoBaseSettings:
+    """Every knob of the build; their hash names the cache directory."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    vocab_size: int = 2048  # the corpus has about 2,000 distinct words; more would leave rows untrained
+    block_size: int = 128  # tokens per packed pretraining row
+    batch_size: int = 8
+    steps: int = 600
+    learning_rate: float = 3e-3
+    seed: int = 0
+    corpus_version: int = 1  # bump when pipeline/demo/corpus.py changes what it generates
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _pretraining_stream(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Every text and dialogue once, as token ids, each wrapped in <s> ... </s> (dialogues by the chat template)."""
+    ids: list[int] = []
+    for text in general_texts():
+        ids += [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    for question, answer in general_dialogues():
+        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        rendered = tokenizer.apply_chat_template(chat, tokenize=False)
+        ids += tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def _pretrain(model: LlamaForCausalLM, stream: list[int], s: DemoBaseSettings) -> float:
+    """Next-token training on random windows of the stream: warmup then cosine decay; returns the last loss."""
+    g = torch.Generator().manual_seed(s.seed)
+    data = torch.tensor(stream, dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, s.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / s.steps)))
+    )
+    model.train()
+    loss_value = float("nan")
+    bar = tqdm(range(s.steps), desc="pretraining the demo base", unit="step")
+    for _ in bar:
+        starts = torch.randint(len(data) - s.block_size - 1, (s.batch_size,), generator=g)
+        batch = torch.stack([data[i : i + s.block_size] for i in starts.tolist()])  # (B, T)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_value = float(loss.detach())
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    model.eval()
+    return loss_value
+
+
+def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBaseSettings()) -> Path:
+    """The demo base under `cache_root/demo-base-<hash of settings>`: loaded if built before, else built and saved."""
+    out = Path(cache_root) / f"demo-base-{settings.digest()}"
+    if (out / MARKER).is_file():
+        return out
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    corpus = list(general_texts()) + [t for qa in general_dialogues() for t in qa]
+    tokenizer = build_tokenizer(corpus, vocab_size=settings.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.hidden_size * 8 // 3 // 16 * 16,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=max(1, settings.num_heads // 2),
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    stream = _pretraining_stream(tokenizer)
+    final_loss = _pretrain(model, stream, settings)
+    # Build next to the target and rename: an interrupted build never looks finished.
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / MARKER).write_text(
+        json.dumps(
+            {
+                "built_by": "lora-pipeline demo (pipeline/demo/demo_base.py)",
+                "settings": asdict(settings),
+                "settings_hash": settings.digest(),
+                "corpus_tokens": len(stream),
+                "pretrain_final_loss": final_loss,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "build_seconds": round(time.perf_counter() - started, 1),
+            },
+            indent=2,
+        )
+    )
+    if out.exists():  # a concurrent build finished first; keep its copy
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+    return out
