@@ -17,6 +17,7 @@ import re
 import shutil
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ class AdapterPool:
         self.aliases: dict[tuple[str, str], int] = {}  # (name, alias) -> version it serves now
         self.loaded: dict[tuple[str, int], Loaded] = {}
         self.refused: dict[tuple[str, int], str] = {}
-        self.events: list[dict[str, Any]] = []  # alias moves and loads, newest last (for /v1/models and tests)
+        # alias moves, loads, refusals and evictions, newest last (GET /v1/events); the last 1000 are kept
+        self.events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._lock = threading.Lock()  # guards aliases, loaded, refs
         self._load_lock = threading.Lock()  # one download + load at a time
         self._stop = threading.Event()
