@@ -139,10 +139,19 @@ def test_expected_services(services: dict[str, dict[str, Any]]) -> None:
     assert expected <= set(services), f"missing services: {expected - set(services)}"
 
 
-def test_only_the_gpu_worker_sits_behind_a_profile(services: dict[str, dict[str, Any]]) -> None:
-    assert services["worker-gpu"]["profiles"] == ["gpu"]
+def test_only_the_gpu_services_sit_behind_a_profile(services: dict[str, dict[str, Any]]) -> None:
+    assert services["worker-gpu"]["profiles"] == services["serve"]["profiles"] == ["gpu"]
     with_profiles = {name for name, svc in services.items() if svc.get("profiles")}
-    assert with_profiles == {"worker-gpu"}, "every other service must start with a plain `docker compose up`"
+    assert with_profiles == {"worker-gpu", "serve"}, "every other service must start with a plain `docker compose up`"
+
+
+def test_serve_follows_the_registry_on_one_gpu(services: dict[str, dict[str, Any]]) -> None:
+    serve = services["serve"]
+    assert serve["command"][:2] == ["lora-pipeline", "serve"] and "--device" in serve["command"]
+    assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert serve["depends_on"]["mlflow"] == {"condition": "service_healthy"}
+    (device,) = serve["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and len(device["device_ids"]) == 1
 
 
 def test_gpu_worker_reserves_exactly_one_nvidia_gpu_and_runs_one_flow_at_a_time(
