@@ -112,6 +112,11 @@ def test_flow_end_to_end_logs_a_complete_run(
     lo, mid, hi = (m[f"forgetting_general_suite_mc_acc_delta{s}"] for s in ("_low", "", "_high"))
     assert lo <= mid <= hi
     assert m["gate_passed"] == float(outcome.gate_passed) and "gate_task_improvement_value" in m
+    # The verdict on the run page (issue 13): description, `gate` tag, the model card in the adapter.
+    final = ml.get_run(outcome.run_id)
+    assert final.data.tags["gate"] == ("passed" if outcome.gate_passed else "failed")
+    assert final.data.tags["mlflow.note.content"].startswith("**Promotion gate: ")
+    assert "data/train_content_keys.json" in {f.path for f in ml.list_artifacts(outcome.run_id, "data")}
     if outcome.gate_passed:
         version = ml.get_model_version_by_alias("lora-adapter", "candidate")
         assert version.version == outcome.registered_version and version.run_id == outcome.run_id
@@ -121,6 +126,8 @@ def test_flow_end_to_end_logs_a_complete_run(
     local = Path(ml.download_artifacts(outcome.run_id, "", str(tmp_path / "dl")))
     report = (local / "validation" / "validation_report.md").read_text()
     assert "no_surrounding_whitespace" in report and "not_empty" in report and "only_skipped" in report
+    card = (local / "adapter" / "README.md").read_text()
+    assert "## Intended use" in card and p["dataset_hash"] in card
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(local / "adapter"))
     assert any("lora_A" in n for n, _ in model.named_parameters())
 

@@ -95,7 +95,14 @@ def test_auto_promotion_sets_champion_and_an_adapter_cannot_beat_itself(
     first = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
     run_id = _new_run(mlflow_server)
     version = promote(
-        auto, result.adapter_dir, first, tracking_uri=mlflow_server, run_id=run_id, eval_records=held, lock_dir=tmp_path
+        auto,
+        result.adapter_dir,
+        first,
+        tracking_uri=mlflow_server,
+        run_id=run_id,
+        eval_records=held,
+        lock_dir=tmp_path,
+        train_records=make_records(64).iloc[:48],
     ).version
     assert version is not None and CHAMPION in version.aliases
     # Registration leaves the run as it was: only the flow marks it FINISHED.
@@ -104,7 +111,7 @@ def test_auto_promotion_sets_champion_and_an_adapter_cannot_beat_itself(
     again = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
     assert again.champion_version == version.version
     assert again.champion_task_loss == pytest.approx(again.task.adapter_loss, rel=1e-6)
-    assert again.verdict.failed_rules == ["beats_champion"]
+    assert again.verdict.failed_rules == ["beats_champion"], again.verdict.markdown()
     kept = promote(
         auto,
         result.adapter_dir,
@@ -127,9 +134,10 @@ from pipeline.track.promotion import assess_adapter, promote
 from pipeline.track import tracking
 from pipeline.track.store import tracking_client
 
-uri, adapter, held, cfg_json, ready, go, out, lock_dir = sys.argv[1:9]
+uri, adapter, held, cfg_json, ready, go, out, lock_dir, trained = sys.argv[1:10]
 cfg = PipelineConfig.model_validate_json(Path(cfg_json).read_text())
 records = pd.read_parquet(held)
+train_records = pd.read_parquet(trained)
 client = tracking_client(uri)
 exp = tracking.ensure_experiment(client, uri, "registry-race")
 run_id = client.create_run(exp.experiment_id).info.run_id
@@ -137,7 +145,10 @@ assessment = assess_adapter(cfg, adapter, records, tracking_uri=uri)
 Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.01)
-p = promote(cfg, adapter, assessment, tracking_uri=uri, run_id=run_id, eval_records=records, lock_dir=lock_dir)
+p = promote(
+    cfg, adapter, assessment, tracking_uri=uri, run_id=run_id, eval_records=records, lock_dir=lock_dir,
+    train_records=train_records,
+)
 Path(out).write_text(json.dumps({
     "version": None if p.version is None else str(p.version.version),
     "reassessed": p.reassessed,
@@ -168,6 +179,7 @@ def test_two_concurrent_promotions_have_one_winner(
     (tmp_path / "fresh").mkdir()
     (tmp_path / "cfg.json").write_text(auto.model_dump_json())
     held.to_parquet(tmp_path / "held.parquet")
+    make_records(64).iloc[:48].to_parquet(tmp_path / "trained.parquet")
     go = tmp_path / "go"
     procs, outs, readies = [], [], []
     for i in range(2):
@@ -175,7 +187,7 @@ def test_two_concurrent_promotions_have_one_winner(
         outs.append(out)
         readies.append(ready)
         args = [uri, str(result.adapter_dir), str(tmp_path / "held.parquet"), str(tmp_path / "cfg.json")]
-        args += [str(ready), str(go), str(out), str(tmp_path / "locks")]
+        args += [str(ready), str(go), str(out), str(tmp_path / "locks"), str(tmp_path / "trained.parquet")]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         procs.append(subprocess.Popen([sys.executable, "-c", _PROMOTER, *args], env=env, stderr=subprocess.PIPE))
     deadline = time.monotonic() + 600
@@ -196,3 +208,43 @@ def test_two_concurrent_promotions_have_one_winner(
     champion = get_alias(uri, name, CHAMPION)
     assert champion is not None and str(champion.version) == winners[0]["version"]
     assert len(MlflowClient(uri).search_model_versions(f"name = '{name}'")) == 1
+
+
+def test_a_champion_trained_on_the_eval_rows_is_caught_and_one_on_another_base_is_not_comparable(
+    mlflow_server: str, sane: tuple[PipelineConfig, TrainResult, pd.DataFrame], tmp_path: Path
+) -> None:
+    """The champion's run recorded that it trained on rows that are this run's eval rows: the leakage rule fails,
+    naming the champion. Then the champion's registry record says another base: the verdict is "not comparable"."""
+    cfg, result, held = sane
+    name = "registry-leak"
+    auto = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"auto_promote": True, "registered_model": name})})
+    first = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
+    champion = promote(
+        auto,
+        result.adapter_dir,
+        first,
+        tracking_uri=mlflow_server,
+        run_id=_new_run(mlflow_server),
+        eval_records=held,
+        lock_dir=tmp_path,
+        train_records=pd.concat([make_records(64).iloc[:40], held.iloc[[3]]]),  # one eval row among its training rows
+    ).version
+    assert champion is not None and CHAMPION in champion.aliases
+
+    caught = assess_adapter(
+        auto, result.adapter_dir, held, tracking_uri=mlflow_server, train_records=make_records(64).iloc[:48]
+    )
+    assert "no_eval_leakage" in caught.verdict.failed_rules
+    rule = next(r for r in caught.verdict.rules if r.name == "no_eval_leakage")
+    assert rule.value == 1.0
+    assert f"champion version {champion.version}'s training rows: 1 (eval task ids {int(held['task_id'].iloc[3])})" in (
+        rule.detail
+    )
+    assert "this run's training rows: none" in rule.detail
+
+    MlflowClient(mlflow_server).set_model_version_tag(name, champion.version, TAG_BASE_WEIGHTS, "0" * 64)
+    other = assess_adapter(auto, result.adapter_dir, held, tracking_uri=mlflow_server)
+    assert not other.verdict.passed
+    assert other.verdict.headline.startswith(f"NOT COMPARABLE (champion version {champion.version} was trained on")
+    assert "beats_champion" in other.verdict.failed_rules
+    assert "NOT COMPARABLE" in other.report_markdown()

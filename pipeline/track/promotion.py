@@ -240,9 +240,12 @@ def promote(
     Compare-and-set under the registry lock (pipeline/track/registry_lock.py): the champion is read again
     right before the alias moves; if it is no longer the one this adapter was compared with, the comparison
     and the gate are run again against the new one. Two flows finishing at once never both win.
+    `train_records` (what the adapter trained on) are recorded in the run for the leakage rule of later runs.
     """
     if not assessment.verdict.passed:
         return Promotion(None, assessment)
+    if train_records is not None:
+        log_training_keys(tracking_uri, run_id, train_records)
     model, tokenizer = load_verified_adapter(config, adapter_dir)
     manifest: dict[str, Any] = json.loads((Path(adapter_dir) / MANIFEST).read_text())
     alias = CHAMPION if config.gate.auto_promote else CANDIDATE
