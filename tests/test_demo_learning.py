@@ -1,8 +1,11 @@
 """The demo's learning claims on a reduced run: the demo base + a CPU LoRA learn the ferry desk.
 
 A smaller base and fewer rows than `make demo` (CI time), same code path: `build_demo_base`, the
-training recipe, the task evaluation. On the tests' `tiny_model_dir` (2 layers, hidden 64) these
-assertions fail: that base cannot write text, so the adapter has nothing to adapt.
+training recipe, the task evaluation, the demo's LoRA settings (demo.yaml). Measured on this 2-core
+machine: this run 6.63 -> 3.88 nats/token, ROUGE-L 0.015 -> 0.133. The tests' tiny model (2 layers,
+hidden 64) with the previous demo LoRA settings (q/v, r 8, LR 2e-4, 5 epochs) fails the loss bar
+(10.37 -> 10.01). Note: with the new all-linear LR 2e-3 settings the tiny model also clears these
+relative bars (10.37 -> 4.26; ROUGE-L 0.018 -> 0.114), because its base loss is worse than uniform.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _learning_run(base_dir: Path, out_dir: Path) -> dict[str, float]:
     cfg = load_config(Path("pipeline/demo/demo.yaml"), base_model=str(base_dir))
     cfg = cfg.model_copy(
         update={
-            "train": cfg.train.model_copy(update={"epochs": 3, "device": "cpu"}),
+            "train": cfg.train.model_copy(update={"epochs": 12, "device": "cpu"}),
             "eval": cfg.eval.model_copy(update={"generation_samples": 12, "max_new_tokens": 40}),
             "data": cfg.data.model_copy(update={"tokenize_cache": False}),
         }

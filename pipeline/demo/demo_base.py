@@ -1,7 +1,7 @@
 """The demo's base model: a small Llama-style LM pretrained on the generated general corpus, built once and cached.
 
 `build_tiny_model` (tests) makes a 2-layer, hidden-64 model that cannot write a sentence, so an adapter on
-it has nothing to adapt. This base is larger (about 3 million parameters, a vocabulary sized for the
+it has nothing to adapt. This base is larger (about 1.7 million parameters, a vocabulary sized for the
 corpus) and pretrained long enough to answer everyday questions in the chat template; the LoRA then
 teaches it the ferry desk. The directory name carries a hash of every build setting, so a second demo
 (or test session) with the same settings loads it instead of building it again.
@@ -32,13 +32,13 @@ MARKER = "demo_base.json"
 class DemoBaseSettings:
     """Every knob of the build; their hash names the cache directory."""
 
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 8
+    hidden_size: int = 192
+    num_layers: int = 3
+    num_heads: int = 6
     vocab_size: int = 2048  # the corpus has about 2,000 distinct words; more would leave rows untrained
     block_size: int = 128  # tokens per packed pretraining row
     batch_size: int = 8
-    steps: int = 600
+    steps: int = 300
     learning_rate: float = 3e-3
     seed: int = 0
     corpus_version: int = 1  # bump when pipeline/demo/corpus.py changes what it generates

@@ -164,7 +164,7 @@ def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> di
     root.mkdir(parents=True, exist_ok=True)
     use_demo_prefect_home(root)
     # Cached by a hash of its build settings: a second demo loads it instead of pretraining again.
-    print(f"demo base model: {root / 'cache'} (built once, about 3M parameters, pretrained on general English)")
+    print(f"demo base model: {root / 'cache'} (built once, pretrained on general English)")
     model_dir = build_demo_base(root / "cache")
     config = load_config(DEMO_CONFIG, base_model=str(model_dir))
     creds = _credentials(root / "labelstudio" / "credentials.json")
