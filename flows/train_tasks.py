@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
@@ -23,6 +26,7 @@ from pipeline.track.promotion import (
 )
 from pipeline.track.review import run_description, set_run_verdict, write_model_card
 from pipeline.track.step_logger import StepLogger
+from pipeline.track.store import tracking_client
 from pipeline.track.work_runs import RunClaim, claim_run
 from pipeline.train.launch import train_with_torchrun
 from pipeline.train.recipe import train_adapter
@@ -154,9 +158,20 @@ def promote_adapter(
     uri = Settings().mlflow_tracking_uri
     _, eval_df = snapshot.split()
     promotion = promote(
-        config, result.adapter_dir, assessment, tracking_uri=uri, run_id=run_id, eval_records=eval_df, lock_dir=lock_dir
+        config,
+        result.adapter_dir,
+        assessment,
+        tracking_uri=uri,
+        run_id=run_id,
+        eval_records=eval_df,
+        lock_dir=lock_dir,
+        serving_check=_serving_check(config),
     )
     logger = get_run_logger()
+    if promotion.refused is not None:
+        tracking_client(uri).set_tag(run_id, "serving_check", f"refused: {promotion.refused}"[:5000])
+        logger.warning("not registered: the serving check refused the adapter: %s", promotion.refused)
+        return promotion
     if promotion.reassessed:
         again = promotion.assessment
         tracking.log_metrics(uri, run_id, again.metrics())
@@ -175,6 +190,19 @@ def promote_adapter(
     )
     logger.info("registered %s version %s with aliases %s", version.name, version.version, version.aliases)
     return promotion
+
+
+def _serving_check(config: PipelineConfig) -> Callable[[Path], object] | None:
+    """The canary promotion runs before registering: the adapter loads through `lora-pipeline serve`'s loader for
+    the configured engine and answers (pipeline/serve/canary.py); None when `gate.serving_check` is off."""
+    engine = config.gate.serving_check
+    if engine == "off":
+        return None
+    from pipeline.serve.canary import canary_check
+
+    return lambda adapter_dir: canary_check(
+        adapter_dir, config.base_model, engine=engine, device="auto", loading=config.model
+    )
 
 
 @task

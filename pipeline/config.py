@@ -220,6 +220,9 @@ class GateConfig(_Strict):
     registered_model: str = "lora-adapter"
     # True: a passing adapter gets the `champion` alias straight away; False: `candidate`.
     auto_promote: bool = False
+    # Before registering, load the adapter through the serving loader of this engine and answer a canary
+    # prompt (pipeline/serve/canary.py); "vllm" also refuses DoRA adapters; "off" skips the check.
+    serving_check: Literal["torch", "vllm", "off"] = "torch"
 
 
 Policy = Literal["error", "quarantine", "warn"]

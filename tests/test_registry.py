@@ -13,6 +13,8 @@ from mlflow.tracking import MlflowClient
 from peft import PeftModel
 
 from pipeline.config import PipelineConfig, load_config
+from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.serve.canary import canary_check
 from pipeline.track.promotion import assess_adapter, promote
 from pipeline.track.registry import CANDIDATE, CHAMPION, MODEL_ARTIFACT, TAG_BASE_WEIGHTS, get_alias
 from pipeline.train.recipe import train_adapter
@@ -64,9 +66,11 @@ def test_passing_adapter_is_registered_as_candidate_referencing_its_base(
         run_id=run_id,
         eval_records=held,
         lock_dir=tmp_path,
+        serving_check=lambda adapter_dir: canary_check(adapter_dir, str(tiny_model_dir)),  # the real canary
     )
     version = promotion.version
 
+    assert promotion.refused is None
     assert version is not None and CANDIDATE in version.aliases and CHAMPION not in version.aliases
     assert get_alias(mlflow_server, "registry-test", CANDIDATE).version == version.version
     assert version.run_id == run_id
@@ -83,6 +87,31 @@ def test_passing_adapter_is_registered_as_candidate_referencing_its_base(
     mlflow.set_tracking_uri(mlflow_server)
     components = mlflow.transformers.load_model(f"models:/registry-test@{CANDIDATE}", return_type="components")
     assert isinstance(components["model"], PeftModel)
+
+
+def test_an_adapter_the_serving_check_refuses_is_not_registered(
+    mlflow_server: str, sane: tuple[PipelineConfig, TrainResult, pd.DataFrame], tmp_path: Path
+) -> None:
+    """The gate passes, but the adapter does not load on the base the server serves: nothing is registered and the
+    promotion says why."""
+    cfg, result, held = sane
+    other_base = build_tiny_model(tmp_path / "other-base", pretrain_steps=0, seed=7)
+    assessment = assess_adapter(cfg, result.adapter_dir, held, tracking_uri=mlflow_server)
+    assert assessment.verdict.passed
+    run_id = _new_run(mlflow_server)
+    promotion = promote(
+        cfg,
+        result.adapter_dir,
+        assessment,
+        tracking_uri=mlflow_server,
+        run_id=run_id,
+        eval_records=held,
+        lock_dir=tmp_path,
+        serving_check=lambda adapter_dir: canary_check(adapter_dir, str(other_base)),
+    )
+    assert promotion.version is None
+    assert promotion.refused is not None and "base" in promotion.refused
+    assert not MlflowClient(mlflow_server).search_model_versions(f"run_id='{run_id}'")
 
 
 def test_auto_promotion_sets_champion_and_an_adapter_cannot_beat_itself(

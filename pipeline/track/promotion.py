@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,8 @@ class Promotion:
     version: ModelVersion | None
     assessment: Assessment
     reassessed: bool = False
+    # Why the serving check refused a passing adapter (then nothing is registered); None when it served.
+    refused: str | None = None
 
 
 def _champion_now(uri: str, config: PipelineConfig) -> str | None:
@@ -234,6 +237,7 @@ def promote(
     eval_records: pd.DataFrame,
     lock_dir: str | Path,
     train_records: pd.DataFrame | None = None,
+    serving_check: Callable[[Path], object] | None = None,
 ) -> Promotion:
     """Register a passing adapter under `candidate` (or `champion` with gate.auto_promote).
 
@@ -241,9 +245,17 @@ def promote(
     right before the alias moves; if it is no longer the one this adapter was compared with, the comparison
     and the gate are run again against the new one. Two flows finishing at once never both win.
     `train_records` (what the adapter trained on) are recorded in the run for the leakage rule of later runs.
+    `serving_check(adapter_dir)` (the serving loader and a canary answer, pipeline/serve/canary.py) runs before
+    anything is registered: a ValueError from it refuses the promotion with its reason, so an alias never
+    points at an adapter the server would refuse.
     """
     if not assessment.verdict.passed:
         return Promotion(None, assessment)
+    if serving_check is not None:
+        try:
+            serving_check(Path(adapter_dir))
+        except ValueError as e:
+            return Promotion(None, assessment, refused=str(e))
     if train_records is not None:
         log_training_keys(tracking_uri, run_id, train_records)
     model, tokenizer = load_verified_adapter(config, adapter_dir)
