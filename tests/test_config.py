@@ -51,8 +51,9 @@ def test_load_config_none_gives_defaults_and_applies_overrides() -> None:
 def test_demo_yaml_loads() -> None:
     """The packaged demo config is valid and differs from the defaults where its header says."""
     cfg = load_config(Path(str(files("pipeline.demo") / "demo.yaml")))
-    assert cfg.lora.target_modules == "qv" and cfg.train.learning_rate == pytest.approx(2e-4)
-    assert cfg.train.epochs == 5 != PipelineConfig().train.epochs
+    assert cfg.lora.target_modules == "all-linear" and cfg.lora.r == 16
+    assert cfg.train.learning_rate == pytest.approx(2e-3) != PipelineConfig().train.learning_rate
+    assert cfg.train.epochs == 8 != PipelineConfig().train.epochs
     assert cfg.gate.auto_promote and cfg.eval.batch_size == 64
     assert cfg.base_model == PipelineConfig().base_model
 
