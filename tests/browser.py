@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,16 @@ def chromium() -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_until(driver: object, timeout_s: float, condition: Callable[[Any], Any]) -> Any:
+    """`WebDriverWait(...).until(condition)` that retries when the page re-renders an element it was reading
+    (React apps such as Label Studio's and MLflow's replace nodes while they load: StaleElementReference)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=ignored).until(condition)  # type: ignore[arg-type]
 
 
 def login_label_studio(driver: object, url: str, username: str, password: str, *, timeout_s: float = 60) -> None:

@@ -38,7 +38,7 @@ from pipeline.validate.feedback import (
 )
 from pipeline.validate.report import failure_table, validation_markdown
 from pipeline.validate.visible_text import unpreview, visible, visible_preview
-from tests.browser import chromium, login_label_studio
+from tests.browser import chromium, login_label_studio, wait_until
 
 CATS = ("billing", "shipping")
 
@@ -256,19 +256,26 @@ def test_views_default_tab_visible_filter_and_old_view_migrated(ls_client: Label
 
 
 def _panel_text(driver: object) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, f".{FEEDBACK_PANEL_CLASS}"))  # type: ignore[attr-defined]
+    for _ in range(10):  # the labeling interface may re-render the panel while it is read
+        try:
+            return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, f".{FEEDBACK_PANEL_CLASS}"))  # type: ignore[attr-defined]
+        except StaleElementReferenceException:
+            time.sleep(0.5)
+    raise AssertionError("the feedback panel kept re-rendering for 5 s")
 
 
 def _open_task(driver: object, url: str, project_id: int, task_id: int, prompt: str) -> None:
     """Open the task's labeling page and wait until the labeling interface shows its prompt."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{url}/projects/{project_id}/data?task={task_id}")  # type: ignore[attr-defined]
-    WebDriverWait(driver, 90).until(
-        lambda d: any(prompt in e.text for e in d.find_elements(By.CSS_SELECTOR, ".lsf-richtext, [class*=richtext]"))
+    wait_until(
+        driver,
+        90,
+        lambda d: any(prompt in e.text for e in d.find_elements(By.CSS_SELECTOR, ".lsf-richtext, [class*=richtext]")),
     )
     time.sleep(1)  # let the rest of the interface render around the prompt
 
@@ -279,7 +286,6 @@ def test_annotator_sees_the_reason_and_it_goes_when_fixed(
 ) -> None:
     """Headless Chromium: the flagged task's labeling page shows the reason and `··`; fixed and pulled, it is gone."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.browser import require_chromium
 
@@ -315,7 +321,7 @@ def test_annotator_sees_the_reason_and_it_goes_when_fixed(
         views = {v.data.get("title"): v.id for v in client.views.list(project=pid)}
         assert set(views) == {"Default", "needs fix"}
         driver.get(f"{ls_env.url}/projects/{pid}/data?tab={views['needs fix']}")  # type: ignore[attr-defined]
-        WebDriverWait(driver, 90).until(lambda d: "Tasks: 1 / 2" in d.find_element(By.TAG_NAME, "body").text)
+        wait_until(driver, 90, lambda d: "Tasks: 1 / 2" in d.find_element(By.TAG_NAME, "body").text)
         buttons = [b.text for b in driver.find_elements(By.TAG_NAME, "button")]
         assert any(b.startswith("Filters") and "1" in b for b in buttons), buttons
         driver.save_screenshot(str(tmp_path / "needs-fix-tab.png"))  # type: ignore[attr-defined]

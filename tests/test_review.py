@@ -106,9 +106,8 @@ def test_run_page_shows_the_verdict_in_a_browser(tmp_path: Path) -> None:
     """A real `mlflow server` started here; headless Chromium opens the run page; the description shows the verdict
     table, and the run carries `gate=failed`."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.browser import chromium, require_chromium
+    from tests.browser import chromium, require_chromium, wait_until
 
     require_chromium()
     port = free_port()
@@ -123,11 +122,11 @@ def test_run_page_shows_the_verdict_in_a_browser(tmp_path: Path) -> None:
         with chromium() as driver:
             driver.get(f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}")  # type: ignore[attr-defined]
             body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
-            WebDriverWait(driver, 120).until(lambda d: "Promotion gate: FAILED (beats_champion)" in body(d))
+            wait_until(driver, 120, lambda d: "Promotion gate: FAILED (beats_champion)" in body(d))
             driver.save_screenshot(str(tmp_path / "run-page.png"))  # type: ignore[attr-defined]
             # The headline and the first rules show at once; "Show more" unfolds the rest of the description.
             driver.find_element(By.XPATH, "//*[normalize-space(text())='Show more']").click()  # type: ignore[attr-defined]
-            WebDriverWait(driver, 30).until(lambda d: "How to load" in body(d))
+            wait_until(driver, 30, lambda d: "How to load" in body(d))
             shown = body(driver)
         assert "task_improvement" in shown and "Champion: version 1, held-out loss 0.9000" in shown
     finally:
