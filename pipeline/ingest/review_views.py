@@ -44,24 +44,30 @@ def task_ids_filter(task_ids: Iterable[int]) -> dict[str, Any]:
     return {"conjunction": "and", "items": [item]}
 
 
+def ensure_default_view(
+    client: LabelStudio, project_id: int, views: Iterable[Any], *, pipeline_titles: Iterable[str]
+) -> None:
+    """Create a "Default" tab (no filter) when the project has no tab but the pipeline's (or none): the first tab
+    the Data Manager finds becomes the one a project opens on, and it should list every task."""
+    pipeline = {*pipeline_titles, DISAGREEMENTS_VIEW}
+    if all(v.data.get("title") in pipeline for v in views):
+        client.views.create(project=project_id, data={"title": DEFAULT_VIEW})
+
+
 def update_task_view(
     client: LabelStudio, project_id: int, title: str, task_ids: Iterable[int], *, create: bool = True
 ) -> ReviewView | None:
     """Create the view `title` (unless `create` is False: then None), or replace its filter, so that it lists
-    exactly `task_ids`.
-
-    If the project has no view yet, a "Default" tab (no filter) is created first: the first tab the Data
-    Manager finds becomes the one a project opens on, and it should list every task.
+    exactly `task_ids`; a new view comes after a "Default" tab when the project has none (`ensure_default_view`).
     """
     ids = tuple(sorted({int(t) for t in task_ids}))
-    views = list(client.views.list(project=project_id))
-    mine = [v for v in views if isinstance(v.data, dict) and v.data.get("title") == title]
+    views = [v for v in client.views.list(project=project_id) if isinstance(v.data, dict)]
+    mine = [v for v in views if v.data.get("title") == title]
     filters = task_ids_filter(ids)
     if not mine:
         if not create:
             return None
-        if not views:
-            client.views.create(project=project_id, data={"title": DEFAULT_VIEW})
+        ensure_default_view(client, project_id, views, pipeline_titles={title})
         view = client.views.create(project=project_id, data={"title": title, "filters": filters})
         return ReviewView(view_id=int(view.id), task_ids=ids, created=True)
     view = mine[0]

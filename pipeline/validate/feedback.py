@@ -31,7 +31,7 @@ from pipeline.config import LabelStudioConfig, Settings
 from pipeline.ingest.client import connect, iter_task_fields, retry_policy
 from pipeline.ingest.labeling_config import FEEDBACK_FIELD
 from pipeline.ingest.records import NORMALIZE_HINTS
-from pipeline.ingest.review_views import DEFAULT_VIEW, DISAGREEMENTS_VIEW
+from pipeline.ingest.review_views import ensure_default_view
 from pipeline.validate.visible_text import unpreview, visible
 from schemas.pairs import FIX_HINTS
 
@@ -170,8 +170,7 @@ def ensure_views(client: LabelStudio, project_id: int, title: str) -> int:
     """
     views = [v for v in client.views.list(project=project_id) if isinstance(v.data, dict)]
     ours = [v for v in views if v.data.get("title") == title]
-    if all(v.data.get("title") in (title, DISAGREEMENTS_VIEW) for v in views):  # only the pipeline's tabs, or none
-        client.views.create(project=project_id, data={"title": DEFAULT_VIEW})
+    ensure_default_view(client, project_id, views, pipeline_titles={title})
     filters = {"conjunction": "and", "items": [feedback_filter()]}
     hidden = {"explore": list(NEEDS_FIX_HIDDEN_COLUMNS), "labeling": list(NEEDS_FIX_HIDDEN_COLUMNS)}
     if ours:
