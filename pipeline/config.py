@@ -193,8 +193,9 @@ class EvalConfig(_Strict):
     bootstrap_samples: int = Field(default=1000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     seed: int = 0
-    # Held-out examples whose greedy generations are scored (exact match, ROUGE-L) and shown side by side.
-    generation_samples: int = Field(default=8, ge=0)
+    # Held-out examples whose greedy generations are scored (exact match, ROUGE-L) and shown side by side
+    # (None: every held-out row, what the gate's task_quality rules should judge; N: a seeded sample of N).
+    generation_samples: int | None = Field(default=None, ge=0)
     max_new_tokens: int = Field(default=48, ge=1)
 
     @field_validator("tasks")
@@ -216,6 +217,13 @@ class GateConfig(_Strict):
     max_perplexity_increase: float = Field(default=0.05, ge=0)
     # The adapter's held-out loss must be below the current `champion` alias's (when one exists).
     beat_champion: bool = True
+    # Task quality of greedy generations on the held-out rows must not drop significantly vs the base: rule
+    # task_quality_rouge_l fails when the whole adapter - base ROUGE-L interval lies below -max_rouge_l_drop;
+    # task_quality_exact_match fails when McNemar's exact test is significant (p < 1 - eval.confidence) with the
+    # adapter worse. Needs generations (eval.generation_samples not 0).
+    task_quality: bool = True
+    # ROUGE-L F1 (0-1 scale) drop tolerated even when significant; 0: any significant drop fails.
+    max_rouge_l_drop: float = Field(default=0.0, ge=0, le=1)
     # Registered model name in the MLflow registry.
     registered_model: str = "lora-adapter"
     # True: a passing adapter gets the `champion` alias straight away; False: `candidate`.

@@ -15,6 +15,7 @@ from pipeline.evaluate.gate import evaluate_gate
 from pipeline.evaluate.harness import TaskScores
 from pipeline.evaluate.intervals import Interval, accuracy_delta, loss_improvement, perplexity_change
 from pipeline.evaluate.task_eval import TaskEvaluation
+from pipeline.evaluate.task_quality import task_quality
 from pipeline.track.promotion import Assessment, assess_adapter, write_artifacts
 from pipeline.train.recipe import train_adapter
 from pipeline.train.results import TrainResult
@@ -82,7 +83,20 @@ def _report(acc_delta: Interval, ppl_change: Interval) -> ForgettingReport:
 
 
 def _task(improvement: Interval, adapter_nll: float = 1.0) -> TaskEvaluation:
-    return TaskEvaluation(base_nll=[2.0], adapter_nll=[adapter_nll], tokens=[1], improvement=improvement)
+    """A task evaluation whose generations are unchanged by the adapter (the task-quality rules pass)."""
+    rows = [
+        dict(category="tickets", base_rouge_l=0.5, adapter_rouge_l=0.5, base_exact_match=i % 4 == 0) for i in range(20)
+    ]
+    rows = [r | {"adapter_exact_match": r["base_exact_match"]} for r in rows]
+    quality = task_quality(rows, samples=200, confidence=0.95, seed=0)
+    return TaskEvaluation(
+        base_nll=[2.0],
+        adapter_nll=[adapter_nll],
+        tokens=[1],
+        improvement=improvement,
+        side_by_side=rows,
+        quality=quality,
+    )
 
 
 def test_rules_judge_the_interval_bound_not_the_point_estimate() -> None:

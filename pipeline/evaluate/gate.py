@@ -1,8 +1,12 @@
 """The promotion gate: configurable rules on interval bounds, a verdict with every rule's numbers.
 
-Rules judge the pessimistic end of each paired interval, never the point estimate: an adapter
-passes the forgetting budget only if even the bad end of the interval is within it, and it
-improves on the task only if the lower bound of the improvement clears the threshold.
+Rules judge an end of each paired interval, never the point estimate. Budget rules judge the pessimistic
+end: an adapter passes the forgetting budget (a non-inferiority margin) only if even the bad end of the
+interval is within it, and it improves on the task only if the lower bound of the improvement clears the
+threshold. The task-quality rules fail on evidence of harm: when the generations' ROUGE-L is significantly
+worse than the base's (the whole interval below the margin) or McNemar's exact test on exact match is
+significant with the adapter worse. Each rule reports its minimum detectable effect (MDE, 80% power), so a
+reviewer sees when the eval set is too small to tell.
 """
 
 from __future__ import annotations
@@ -14,26 +18,42 @@ from pipeline.config import GateConfig
 from pipeline.evaluate.forgetting import ForgettingReport
 from pipeline.evaluate.leakage import LeakageReport
 from pipeline.evaluate.task_eval import TaskEvaluation
+from pipeline.evaluate.task_quality import ChampionQuality
 
 
 @dataclass(frozen=True)
 class RuleResult:
-    """One rule: the number it judged (an interval bound), the threshold, and whether it passed."""
+    """One rule: the number it judged (an interval bound), the threshold, and whether it passed; the interval
+    it came from and the minimum detectable effect on the same scale (nan: the rule has none)."""
 
     name: str
     passed: bool
     value: float
     threshold: float
     detail: str
+    low: float = math.nan
+    high: float = math.nan
+    mde: float = math.nan
 
 
 # The leakage rule's name (the validation check `no_train_eval_leakage` judges one snapshot's split only).
 LEAKAGE_RULE = "no_eval_leakage"
 CHAMPION_RULE = "beats_champion"
+ROUGE_RULE = "task_quality_rouge_l"
+EXACT_MATCH_RULE = "task_quality_exact_match"
 
 
 def _fmt(x: float) -> str:
     return f"{x:+.4f}" if math.isfinite(x) else "n/a"
+
+
+def interval_text(r: RuleResult) -> str:
+    """`[low, high]` of the rule's interval, or n/a."""
+    return f"[{_fmt(r.low)}, {_fmt(r.high)}]" if math.isfinite(r.low) and math.isfinite(r.high) else "n/a"
+
+
+def mde_text(r: RuleResult) -> str:
+    return f"{r.mde:.4f}" if math.isfinite(r.mde) else "n/a"
 
 
 @dataclass(frozen=True)
@@ -65,25 +85,94 @@ class GateVerdict:
             out[f"gate_{r.name}_passed"] = float(r.passed)
             out[f"gate_{r.name}_value"] = r.value
             out[f"gate_{r.name}_threshold"] = r.threshold
+            if math.isfinite(r.mde):
+                out[f"gate_{r.name}_mde"] = r.mde
         return out
 
     def markdown(self, title: str = "Promotion gate") -> str:
         lines = [
             f"# {title}: {self.headline}",
             "",
-            "Each rule judges the pessimistic bound of a paired bootstrap interval, not the point estimate.",
+            "Budget rules judge the pessimistic bound of a paired bootstrap interval, not the point estimate; the "
+            "task-quality rules fail on a significant drop. MDE: the smallest true effect the eval set detects "
+            "with 80% power (same scale as the interval); an effect below it can pass unseen.",
             "",
-            "| rule | result | value judged | threshold | detail |",
-            "|---|---|---|---|---|",
+            "| rule | result | value judged | threshold | interval | MDE | detail |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in self.rules:
             lines.append(
-                f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.detail} |"
+                f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {_fmt(r.value)} | {_fmt(r.threshold)} | "
+                f"{interval_text(r)} | {mde_text(r)} | {r.detail} |"
             )
         return "\n".join(lines) + "\n"
 
     def as_dict(self) -> dict[str, object]:
         return {"passed": self.passed, "not_comparable": self.not_comparable, "rules": [asdict(r) for r in self.rules]}
+
+
+def _task_quality_rules(gate: GateConfig, task: TaskEvaluation) -> list[RuleResult]:
+    """No significant drop in generation quality vs the base: ROUGE-L by its paired interval, exact match by
+    McNemar's exact test. Without generations both fail (never a silent pass)."""
+    q = task.quality
+    if q is None:
+        why = "no generations scored; set eval.generation_samples above 0 (null: all rows) or gate.task_quality: false"
+        alpha = 1.0 - task.improvement.confidence
+        return [
+            RuleResult(ROUGE_RULE, False, math.nan, -gate.max_rouge_l_drop, why),
+            RuleResult(EXACT_MATCH_RULE, False, math.nan, alpha, why),
+        ]
+    r, e, m = q.rouge_l, q.exact_match, q.mcnemar
+    metrics = task.metrics()
+    m_base, m_adapter = metrics["task_rouge_l_base"], metrics["task_rouge_l_adapter"]
+    rouge = RuleResult(
+        name=ROUGE_RULE,
+        passed=r.high >= -gate.max_rouge_l_drop,
+        value=r.high,
+        threshold=-gate.max_rouge_l_drop,
+        detail=(
+            f"ROUGE-L of greedy generations on {q.rows} held-out rows {m_base:.3f} -> {m_adapter:.3f}; adapter - base "
+            f"{r.estimate:+.4f} [{r.low:+.4f}, {r.high:+.4f}] ({r.confidence:.0%}); fails when the upper bound is "
+            "below (a significant drop beyond the margin)"
+        ),
+        low=r.low,
+        high=r.high,
+        mde=r.mde,
+    )
+    significant_drop = m.p_value < q.alpha and m.adapter_worse
+    exact = RuleResult(
+        name=EXACT_MATCH_RULE,
+        passed=not significant_drop,
+        value=m.p_value,
+        threshold=q.alpha,
+        detail=(
+            f"exact match adapter - base {e.estimate:+.4f} on {q.rows} rows; McNemar exact test: {m.base_only} rows "
+            f"only the base matched, {m.adapter_only} only the adapter, p = {m.p_value:.4f}; fails when p is below "
+            "and the adapter is the worse side"
+        ),
+        low=e.low,
+        high=e.high,
+        mde=q.exact_match_mde,
+    )
+    return [rouge, exact]
+
+
+def _champion_rule(
+    task: TaskEvaluation, champion_task_loss: float, champion_quality: ChampionQuality | None
+) -> RuleResult:
+    # The value is the improvement over the champion (nats/token), so the threshold is a number too.
+    margin = champion_task_loss - task.adapter_loss
+    detail = (
+        f"held-out loss {task.adapter_loss:.4f} vs champion {champion_task_loss:.4f} on the same "
+        "frozen rows; the champion's loss minus ours must be above"
+    )
+    if champion_quality is not None:
+        d = champion_quality.rouge_l_delta
+        detail += (
+            f". ROUGE-L adapter - champion {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] (MDE {d.mde:.4f}), "
+            "reported, not judged"
+        )
+    return RuleResult(name=CHAMPION_RULE, passed=margin > 0.0, value=margin, threshold=0.0, detail=detail)
 
 
 def evaluate_gate(
@@ -94,10 +183,12 @@ def evaluate_gate(
     champion_task_loss: float | None = None,
     champion_not_comparable: str = "",
     leakage: LeakageReport | None = None,
+    champion_quality: ChampionQuality | None = None,
 ) -> GateVerdict:
     """Apply every rule; `champion_task_loss` is the current champion's held-out loss on the same split,
     `champion_not_comparable` why there is a champion that cannot be compared (the verdict is then "not
-    comparable"), `leakage` the eval rows checked against this run's and the champion's training rows."""
+    comparable"), `leakage` the eval rows checked against this run's and the champion's training rows,
+    `champion_quality` the champion's generations on the same rows (reported beside the champion rule)."""
     rules: list[RuleResult] = []
     imp = task.improvement
     rules.append(
@@ -110,8 +201,13 @@ def evaluate_gate(
                 f"held-out loss {task.base_loss:.4f} -> {task.adapter_loss:.4f}; improvement "
                 f"{imp.estimate:+.4f} [{imp.low:+.4f}, {imp.high:+.4f}] ({imp.confidence:.0%}); lower bound must exceed"
             ),
+            low=imp.low,
+            high=imp.high,
+            mde=imp.mde,
         )
     )
+    if gate.task_quality:
+        rules += _task_quality_rules(gate, task)
     for c in forgetting.comparisons:
         d = c.delta
         if c.kind == "accuracy":
@@ -125,8 +221,12 @@ def evaluate_gate(
                     threshold=-gate.max_accuracy_drop_points,
                     detail=(
                         f"accuracy {c.base.value:.3f} -> {c.adapter.value:.3f}; delta {100 * d.estimate:+.2f} pts "
-                        f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]; lower bound must be at or above"
+                        f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]; non-inferiority margin: the lower bound must be "
+                        "at or above"
                     ),
+                    low=100.0 * d.low,
+                    high=100.0 * d.high,
+                    mde=100.0 * d.mde,
                 )
             )
         else:
@@ -138,8 +238,11 @@ def evaluate_gate(
                     threshold=gate.max_perplexity_increase,
                     detail=(
                         f"perplexity {c.base.value:.3f} -> {c.adapter.value:.3f}; change {d.estimate:+.2%} "
-                        f"[{d.low:+.2%}, {d.high:+.2%}]; upper bound must be at or below"
+                        f"[{d.low:+.2%}, {d.high:+.2%}]; non-inferiority margin: the upper bound must be at or below"
                     ),
+                    low=d.low,
+                    high=d.high,
+                    mde=d.mde,
                 )
             )
     if leakage is not None:
@@ -160,18 +263,5 @@ def evaluate_gate(
         elif champion_task_loss is None:
             rules.append(RuleResult(CHAMPION_RULE, True, float("nan"), 0.0, "no champion registered yet"))
         else:
-            # The value is the improvement over the champion (nats/token), so the threshold is a number too.
-            margin = champion_task_loss - task.adapter_loss
-            rules.append(
-                RuleResult(
-                    name=CHAMPION_RULE,
-                    passed=margin > 0.0,
-                    value=margin,
-                    threshold=0.0,
-                    detail=(
-                        f"held-out loss {task.adapter_loss:.4f} vs champion {champion_task_loss:.4f} on the same "
-                        "frozen rows; the champion's loss minus ours must be above"
-                    ),
-                )
-            )
+            rules.append(_champion_rule(task, champion_task_loss, champion_quality))
     return GateVerdict(rules=rules, not_comparable=champion_not_comparable)

@@ -2,7 +2,8 @@
 
 Base and adapter are scored on the same items, so each resample draws item indices once and
 applies them to both sides: the interval reflects the noise of the comparison, not of two
-independent estimates (which would be much wider and hide real forgetting).
+independent estimates (which would be much wider and hide real forgetting). Each interval carries the
+bootstrap standard error, from which the minimum detectable effect follows (`minimum_detectable_effect`).
 """
 
 from __future__ import annotations
@@ -10,19 +11,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 
+# Power at which the minimum detectable effect is quoted: the usual 80%.
+MDE_POWER = 0.8
+
+
+def minimum_detectable_effect(se: float, confidence: float, power: float = MDE_POWER) -> float:
+    """Smallest true delta a two-sided test at level 1 - `confidence` finds with probability `power`, given the
+    delta's standard error: (z_{1-alpha/2} + z_power) * se, i.e. 2.8 * se at 95% and 80% power."""
+    z = NormalDist().inv_cdf
+    return (z(1.0 - (1.0 - confidence) / 2.0) + z(power)) * se
+
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with a two-sided percentile interval."""
+    """A point estimate with a two-sided percentile interval and the bootstrap standard error (nan: unknown)."""
 
     estimate: float
     low: float
     high: float
     confidence: float
+    se: float = math.nan
+
+    @property
+    def mde(self) -> float:
+        """Minimum detectable effect at 80% power, on the delta's own scale (nan when the SE is unknown)."""
+        return minimum_detectable_effect(self.se, self.confidence)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -71,13 +89,19 @@ def paired_delta(
     low, high = np.percentile(draws, [tail, 100.0 - tail])
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("bootstrap produced a non-finite bound: an item has zero weight on every resample")
-    return Interval(estimate=point, low=float(low), high=float(high), confidence=confidence)
+    se = float(np.std(draws, ddof=1)) if samples > 1 else math.nan
+    return Interval(estimate=point, low=float(low), high=float(high), confidence=confidence, se=se)
+
+
+def mean_delta(base: Sequence[float], adapter: Sequence[float], **kw: float | int) -> Interval:
+    """Adapter mean minus base mean of a per-item score (ROUGE-L, 0/1 correctness), paired over items."""
+    ones = [1.0] * len(base)
+    return paired_delta((base, ones), (adapter, ones), **kw)  # type: ignore[arg-type]
 
 
 def accuracy_delta(base_correct: Sequence[float], adapter_correct: Sequence[float], **kw: float | int) -> Interval:
     """Adapter accuracy minus base accuracy (fractions), paired over items."""
-    ones = [1.0] * len(base_correct)
-    return paired_delta((base_correct, ones), (adapter_correct, ones), **kw)  # type: ignore[arg-type]
+    return mean_delta(base_correct, adapter_correct, **kw)
 
 
 def perplexity_change(

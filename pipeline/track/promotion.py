@@ -22,7 +22,8 @@ from pipeline.evaluate.forgetting import ForgettingReport, forgetting_check, loa
 from pipeline.evaluate.gate import GateVerdict, evaluate_gate
 from pipeline.evaluate.leakage import LeakageReport, Overlap, content_keys, overlap, unknown
 from pipeline.evaluate.plots import forgetting_bars, loss_curves
-from pipeline.evaluate.task_eval import TaskEvaluation, evaluate_task, held_out_loss_with_adapter
+from pipeline.evaluate.task_eval import TaskEvaluation, evaluate_task, score_with_adapter
+from pipeline.evaluate.task_quality import ChampionQuality
 from pipeline.track.registry import (
     CANDIDATE,
     CHAMPION,
@@ -53,11 +54,15 @@ class Assessment:
     champion_task_loss: float | None = None
     champion_note: str = ""
     leakage: LeakageReport | None = None
+    # The champion's generations on the same rows (None: no champion compared, or nothing generated).
+    champion_quality: ChampionQuality | None = None
 
     def metrics(self) -> dict[str, float]:
         out = {**self.forgetting.metrics(), **self.task.metrics(), **self.verdict.metrics()}
         if self.champion_task_loss is not None:
             out["champion_task_loss"] = self.champion_task_loss
+        if self.champion_quality is not None:
+            out |= self.champion_quality.metrics()
         return out
 
     def report_markdown(self) -> str:
@@ -89,6 +94,8 @@ class Assessment:
             f"{m['task_exact_match_adapter']:.3f} |",
             f"| ROUGE-L | {m['task_rouge_l_base']:.3f} | {m['task_rouge_l_adapter']:.3f} |",
         ]
+        if self.task.quality is not None:
+            lines += ["", self.task.quality.markdown()]
         if self.champion_note:
             lines += ["", f"Champion: {self.champion_note}"]
         return "\n".join(lines) + "\n"
@@ -104,6 +111,7 @@ class ChampionComparison:
     not_comparable: str = ""
     # The eval rows found among the champion's training rows (None: there is no champion).
     trained_on_eval: Overlap | None = None
+    quality: ChampionQuality | None = None
 
 
 def log_training_keys(uri: str, run_id: str, train_records: pd.DataFrame) -> None:
@@ -138,10 +146,16 @@ def training_keys_of(uri: str, version: ModelVersion) -> tuple[set[str] | None, 
 
 
 def compare_champion(
-    model: Any, tokenizer: Any, config: PipelineConfig, adapter_dir: str | Path, eval_records: pd.DataFrame, uri: str
+    model: Any,
+    tokenizer: Any,
+    config: PipelineConfig,
+    adapter_dir: str | Path,
+    eval_records: pd.DataFrame,
+    uri: str,
+    side_by_side: list[dict[str, Any]] | None = None,
 ) -> ChampionComparison:
-    """The current champion's held-out loss on this run's split, scored on the same base weights, and whether it
-    trained on any of these eval rows."""
+    """The current champion's held-out loss on this run's split, scored on the same base weights, its generations
+    on the rows of our `side_by_side` table, and whether it trained on any of these eval rows."""
     manifest = json.loads((Path(adapter_dir) / MANIFEST).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         champ = fetch_champion(uri, config.gate.registered_model, tmp)
@@ -158,9 +172,11 @@ def compare_champion(
                 f"(weights {str(champ.base_weights_hash)[:12]} vs {str(manifest['base_model']['weights_hash'])[:12]})"
             )
             return ChampionComparison(None, None, f"{why_not}; not compared", why_not, seen)
-        loss = held_out_loss_with_adapter(model, tokenizer, eval_records, str(champ.adapter_dir), config)
-        note = f"version {version}, held-out loss {loss:.4f} on this run's split"
-        return ChampionComparison(version, loss, note, "", seen)
+        scores = score_with_adapter(model, tokenizer, eval_records, str(champ.adapter_dir), config, side_by_side)
+        note = f"version {version}, held-out loss {scores.task_loss:.4f} on this run's split"
+        if scores.quality is not None:
+            note += f", ROUGE-L {scores.quality.rouge_l:.3f}"
+        return ChampionComparison(version, scores.task_loss, note, "", seen, scores.quality)
 
 
 def _leakage(
@@ -189,7 +205,7 @@ def assess_adapter(
     task = evaluate_task(model, tokenizer, eval_records, config)
     champ = ChampionComparison(None, None, "")
     if config.gate.beat_champion and tracking_uri is not None:
-        champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri)
+        champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri, task.side_by_side)
     leakage = _leakage(eval_records, train_records, champ)
     verdict = evaluate_gate(
         config.gate,
@@ -198,6 +214,7 @@ def assess_adapter(
         champion_task_loss=champ.task_loss,
         champion_not_comparable=champ.not_comparable,
         leakage=leakage,
+        champion_quality=champ.quality,
     )
     return Assessment(
         forgetting=forgetting,
@@ -207,6 +224,7 @@ def assess_adapter(
         champion_task_loss=champ.task_loss,
         champion_note=champ.note,
         leakage=leakage,
+        champion_quality=champ.quality,
     )
 
 
@@ -264,7 +282,9 @@ def promote(
     reassessed = False
     with registry_lock(lock_dir, config.gate.registered_model):
         if config.gate.beat_champion and _champion_now(tracking_uri, config) != assessment.champion_version:
-            champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri)
+            champ = compare_champion(
+                model, tokenizer, config, adapter_dir, eval_records, tracking_uri, assessment.task.side_by_side
+            )
             leakage = assessment.leakage
             if champ.trained_on_eval is not None:
                 leakage = (leakage or LeakageReport(len(eval_records), ())).with_side(champ.trained_on_eval)
@@ -275,6 +295,7 @@ def promote(
                 champion_task_loss=champ.task_loss,
                 champion_not_comparable=champ.not_comparable,
                 leakage=leakage,
+                champion_quality=champ.quality,
             )
             assessment = replace(
                 assessment,
@@ -282,6 +303,7 @@ def promote(
                 leakage=leakage,
                 champion_version=champ.version,
                 champion_task_loss=champ.task_loss,
+                champion_quality=champ.quality,
                 champion_note=f"{champ.note} (the champion moved during evaluation; compared again)",
             )
             reassessed = True

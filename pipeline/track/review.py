@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.evaluate.gate import interval_text, mde_text
 from pipeline.track.store import tracking_client
 
 if TYPE_CHECKING:
@@ -30,10 +31,13 @@ def _val(x: float | None, digits: int = 4) -> str:
 
 
 def verdict_table(assessment: Assessment) -> list[str]:
-    """Rule, value judged, threshold, pass/fail: one line per gate rule."""
-    lines = ["| rule | value | threshold | result |", "|---|---|---|---|"]
+    """Rule, value judged, threshold, pass/fail, interval, minimum detectable effect: one line per gate rule."""
+    lines = ["| rule | value | threshold | result | interval | MDE |", "|---|---|---|---|---|---|"]
     for r in assessment.verdict.rules:
-        lines.append(f"| {r.name} | {_num(r.value)} | {_num(r.threshold)} | {'pass' if r.passed else '**FAIL**'} |")
+        lines.append(
+            f"| {r.name} | {_num(r.value)} | {_num(r.threshold)} | {'pass' if r.passed else '**FAIL**'} | "
+            f"{interval_text(r)} | {mde_text(r)} |"
+        )
     return lines
 
 
@@ -41,11 +45,16 @@ def champion_table(assessment: Assessment) -> list[str]:
     """This adapter next to the base and the champion on the same frozen eval rows."""
     m = assessment.task.metrics()
     champ = assessment.champion_task_loss
+    cq = assessment.champion_quality
+    champ_rouge, champ_exact = (cq.rouge_l, cq.exact_match) if cq is not None else (None, None)
     lines = [
         "| held-out rows | base | challenger (this run) | champion |",
         "|---|---|---|---|",
         f"| loss (nats/token) | {_val(m['task_loss_base'])} | {_val(m['task_loss_adapter'])} | {_val(champ)} |",
-        f"| ROUGE-L | {_val(m['task_rouge_l_base'], 3)} | {_val(m['task_rouge_l_adapter'], 3)} | n/a |",
+        f"| ROUGE-L | {_val(m['task_rouge_l_base'], 3)} | {_val(m['task_rouge_l_adapter'], 3)} | "
+        f"{_val(champ_rouge, 3)} |",
+        f"| exact match | {_val(m['task_exact_match_base'], 3)} | {_val(m['task_exact_match_adapter'], 3)} | "
+        f"{_val(champ_exact, 3)} |",
     ]
     note = assessment.champion_note or "no champion compared"
     return [*lines, "", f"Champion: {note}"]
