@@ -5,7 +5,8 @@ Run (starts its own servers and workers on loopback; 10-20 minutes on 2 busy cor
 Writes bench/results/orchestration_overhead.json (raw numbers) and .md. Not run in CI (no timed tests).
 
 Data and config: the demo's (pipeline/demo/demo.yaml, seed_project's 200 sample tasks in a fresh Label Studio,
-the tiny model built offline into a temp dir). Every torch process gets OMP_NUM_THREADS=--threads (default 1),
+the demo base of `make demo` (pipeline/demo/demo_base.py, built once into --base-cache and reused); `--base tiny`
+uses the tests' tiny model instead, as earlier figures did). Every torch process gets OMP_NUM_THREADS=--threads (default 1),
 as the orchestration tests' workers do, so both sides train on the same number of threads.
   deployments   a real `prefect server start` (own PREFECT_HOME), `lora-pipeline deploy --gpu-slots 1`, process
                 workers on pools cpu and gpu (PREFECT_WORKER_QUERY_SECONDS=1), `mlflow server` (sqlite) and
@@ -102,12 +103,16 @@ def worker_stages(spec: dict[str, Any]) -> dict[str, Any]:
         )
     prepared.validation.raise_for_errors()
     snapshot = prepared.snapshot
-    train_df, eval_df = timed("split", snapshot.split)
+    # As the train flow: training reads the memory-mapped Arrow split, the assessment the DataFrame split.
+    train_rows, eval_rows = timed("split", snapshot.hf_split)
     result = timed(
         "train_adapter",
-        lambda: train_adapter(config, train_df, eval_df, root / "adapter", dataset_hash=snapshot.hash, resume=True),
+        lambda: train_adapter(config, train_rows, eval_rows, root / "adapter", dataset_hash=snapshot.hash, resume=True),
     )
-    assessment = timed("assess_adapter", lambda: assess_adapter(config, result.adapter_dir, eval_df))
+    train_df, eval_df = snapshot.split()
+    assessment = timed(
+        "assess_adapter", lambda: assess_adapter(config, result.adapter_dir, eval_df, train_records=train_df)
+    )
     times["stages"] = time.perf_counter() - t_stages
     metrics = assessment.metrics()
     return {
@@ -348,8 +353,9 @@ def import_times(env: dict[str, str], rounds: int) -> dict[str, list[float]]:
 
 
 # ---------------------------------------------------------------- the run
-def run(rounds: int, threads: int, work: Path) -> dict[str, Any]:
+def run(rounds: int, threads: int, work: Path, base: str, base_cache: Path) -> dict[str, Any]:
     from pipeline.config import load_config
+    from pipeline.demo.demo_base import build_demo_base
     from pipeline.demo.runner import seed_project
     from pipeline.demo.tiny_model import build_tiny_model
     from pipeline.ingest.client import connect
@@ -359,8 +365,8 @@ def run(rounds: int, threads: int, work: Path) -> dict[str, Any]:
     logs = work / "logs"
     logs.mkdir(parents=True)
     t = time.perf_counter()
-    model_dir = build_tiny_model(work / "tiny-model")
-    setup = {"build_tiny_model_s": time.perf_counter() - t}
+    model_dir = build_demo_base(base_cache) if base == "demo" else build_tiny_model(work / "tiny-model")
+    setup = {"base_model": base, "build_base_model_s": time.perf_counter() - t}
     config = load_config(DEMO_CONFIG, base_model=str(model_dir))
     prefect_port, mlflow_port = free_port(), free_port()
     api_url, mlflow_uri = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
@@ -569,6 +575,9 @@ def _task_medians(per_round: list[list[dict[str, Any]]]) -> dict[str, float | No
     return {n: _med([sum(t["seconds"] for t in tasks if t["task"] == n) for tasks in per_round]) for n in names}
 
 
+BASES = {"demo": "the demo base (as `make demo`)", "tiny": "the tests' tiny model"}
+
+
 def markdown(raw: dict[str, Any], s: dict[str, Any]) -> str:
     (l0, *_), (l1, *_) = raw["load_average_start_end"]
     loads = ", ".join(f"{r['load_at_start'][0]:.2f}" for r in raw["deployments_forced"])
@@ -576,7 +585,7 @@ def markdown(raw: dict[str, Any], s: dict[str, Any]) -> str:
     n = len(raw["deployments_forced"])
     lines = [
         "# Orchestration overhead: deployments vs the same stages in one process (demo size)\n",
-        f"`{raw['command']}`: tiny model, `pipeline/demo/demo.yaml`, the demo's {raw['setup']['tasks']} tasks "
+        f"`{raw['command']}`: {BASES[raw['setup'].get('base_model', 'tiny')]}, `pipeline/demo/demo.yaml`, the demo's {raw['setup']['tasks']} tasks "
         f"({raw['in_process'][0]['rows_train']} train / {raw['in_process'][0]['rows_eval']} held-out rows), "
         f"OMP_NUM_THREADS={raw['threads']} everywhere, {raw['cpus']} CPUs shared with other work. Medians of {n} "
         f"round(s). Load average (1 min) {l0:.2f} at start, {l1:.2f} at end; at each forced round's start: {loads}.\n",
@@ -685,6 +694,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every torch process")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (servers' data, logs)")
+    parser.add_argument("--base", choices=tuple(BASES), default="demo", help="base model (default: the demo's)")
+    parser.add_argument(
+        "--base-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "lora-pipeline" / "demo-base",
+        help="where the demo base is built once and reused",
+    )
     parser.add_argument("--worker", choices=("stages", "ingest"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -694,7 +710,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="orchestration-bench-"))
     try:
-        raw = run(args.rounds, args.threads, work)
+        raw = run(args.rounds, args.threads, work, args.base, args.base_cache)
     except BaseException:
         print(f"failed; servers' data and logs kept in {work}", file=sys.stderr)
         raise

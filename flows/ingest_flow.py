@@ -1,5 +1,8 @@
 """The ingest flow, for a CPU work pool: pull -> validate + snapshot -> annotator feedback -> decide -> train.
 
+A pull that brought nothing new (same task store, config, base model and code as the newest snapshot)
+reuses that snapshot and skips validation and feedback (pipeline/validate/unchanged.py).
+
 Training starts through the train deployment named by `train_deployment` (a GPU pool) with
 `run_deployment`, or in this process when none is named (`lora-pipeline run`, the demo): one code path,
 two placements. Only a reference crosses: snapshot path + hash + config as plain data.
@@ -18,6 +21,8 @@ from flows.ingest_tasks import (
     check_base_model,
     decide_training,
     pull_annotations,
+    reconciliation_of,
+    reuse_unchanged_snapshot,
     send_annotator_feedback,
     stop_on_validation_errors,
     update_disagreements,
@@ -39,18 +44,21 @@ def ingest_flow(
     """Pull annotations, validate, snapshot, send feedback, and train when the accepted dataset changed."""
     config = resolve_config(config_path, base_model)
     root = Path(work_dir or default_work_dir())
+    snapshots = str(root / "snapshots")
     fingerprint = check_base_model(config)
-    pull = pull_annotations(config, str(root / "snapshots"))
-    prepared = validate_and_snapshot(pull, str(root / "snapshots"), config)
-    send_annotator_feedback(config, pull, prepared)
-    update_disagreements(config, pull, prepared)
-    stop_on_validation_errors(prepared)
-    decision = decide_training(prepared, config, fingerprint, force)
-    snapshot = prepared.snapshot
+    pull = pull_annotations(config, snapshots)
+    snapshot = reuse_unchanged_snapshot(pull, snapshots, config, fingerprint)
+    if snapshot is None:  # something new: validate, snapshot, tell annotators what to fix
+        prepared = validate_and_snapshot(pull, snapshots, config, fingerprint)
+        send_annotator_feedback(config, pull, prepared)
+        update_disagreements(config, pull, prepared)
+        stop_on_validation_errors(prepared)
+        snapshot = prepared.snapshot
+    decision = decide_training(snapshot, config, fingerprint, force)
     outcome = IngestOutcome(
         snapshot_dir=str(snapshot.path.resolve()),
         snapshot_hash=snapshot.hash,
-        reconciliation_table=prepared.reconciliation.table(),
+        reconciliation_table=reconciliation_of(snapshot).table(),
         trained=decision.train,
         message=decision.reason,
     )

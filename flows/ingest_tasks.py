@@ -1,26 +1,29 @@
 """Prefect tasks of the ingest flow: thin wrappers of the ingest/validate stages, retries only around I/O.
 
 Nothing here imports torch or the training/evaluation stack, so an ingest flow run (often one that finds
-no new annotations) starts in seconds.
+no new annotations) starts in seconds; the validation stack (tokenizer, pandera) is imported only when a
+pull brought something new (`reuse_unchanged_snapshot`).
 """
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
 from flows.retries import retry_transient
 from pipeline.base_model import base_model_fingerprint
 from pipeline.config import PipelineConfig, Settings
 from pipeline.ingest.pull import Pull, pull_project, pull_summary
+from pipeline.ingest.reconcile import Reconciliation
 from pipeline.track import change_detection
 from pipeline.track.change_detection import TrainDecision
-from pipeline.validate.prepare import PreparedDataset, prepare_dataset
-from pipeline.validate.report import validation_summary
-from pipeline.validate.snapshot import previous_snapshot
-from pipeline.validate.visible_text import visible_preview
+from pipeline.validate.snapshot import Snapshot
+from pipeline.validate.unchanged import input_fingerprint, mark_feedback_delivered, unchanged_snapshot
+
+if TYPE_CHECKING:
+    from pipeline.validate.prepare import PreparedDataset
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
@@ -29,6 +32,29 @@ def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, 
     pull = pull_project(Settings(), config.labelstudio, snapshots_root=snapshots_root, full=full)
     get_run_logger().info("%s", pull_summary(pull))
     return pull
+
+
+@task
+def reuse_unchanged_snapshot(
+    pull: Pull, snapshots_root: str, config: PipelineConfig, base_fingerprint: str
+) -> Snapshot | None:
+    """The newest snapshot when this pull brought nothing new (same task store, project, config, base model and
+    code) and its feedback was delivered; None: validate and snapshot this pull."""
+    snapshot = unchanged_snapshot(snapshots_root, input_fingerprint(pull, config, base_fingerprint))
+    if snapshot is not None and snapshot.meta.get("validation_errors"):
+        return None  # validate again: the run stops with the full report, as the first one did
+    if snapshot is not None:
+        get_run_logger().info(
+            "nothing new since snapshot %s (%s): reusing it, no validation or feedback to send",
+            snapshot.hash[:12],
+            snapshot.path.name,
+        )
+    return snapshot
+
+
+def reconciliation_of(snapshot: Snapshot) -> Reconciliation:
+    """The reconciliation a snapshot recorded when it was written."""
+    return Reconciliation(**snapshot.meta["reconciliation"])
 
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
@@ -49,6 +75,7 @@ def update_disagreements(config: PipelineConfig, pull: Pull, prepared: PreparedD
     from pipeline.ingest.review_views import update_disagreements_view
 
     if not config.labelstudio.feedback:
+        mark_feedback_delivered(prepared.snapshot.path, {"feedback": "off"})
         return
     settings, cfg = Settings(), config.labelstudio
     client = connect(
@@ -62,6 +89,8 @@ def update_disagreements(config: PipelineConfig, pull: Pull, prepared: PreparedD
     view = update_disagreements_view(client, pull.project.id, ids)
     if view is not None:
         get_run_logger().info("disagreements view %s lists %s tasks", view.view_id, len(view.task_ids))
+    # Both feedback tasks reached Label Studio: a later pull with nothing new may reuse this snapshot.
+    mark_feedback_delivered(prepared.snapshot.path, {"project_id": pull.project.id, "disagreements": ids})
 
 
 # Prefect table artifacts are for reading in the UI; the full table is failures.parquet in the snapshot.
@@ -69,9 +98,25 @@ _ARTIFACT_MAX_ROWS = 1000
 
 
 @task
-def validate_and_snapshot(pull: Pull, snapshots_root: str, config: PipelineConfig) -> PreparedDataset:
-    """Validate, reconcile and snapshot; publish the report and the failure table (see stop_on_validation_errors)."""
-    prepared = prepare_dataset(pull, snapshots_root, config, previous_snapshot(snapshots_root))
+def validate_and_snapshot(
+    pull: Pull, snapshots_root: str, config: PipelineConfig, base_fingerprint: str | None = None
+) -> PreparedDataset:
+    """Validate, reconcile and snapshot; publish the report and the failure table (see stop_on_validation_errors).
+
+    With `base_fingerprint` the snapshot records its input fingerprint, so a later pull with nothing new
+    reuses it (`reuse_unchanged_snapshot`)."""
+    import pandas as pd
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from pipeline.validate.prepare import prepare_dataset
+    from pipeline.validate.report import validation_summary
+    from pipeline.validate.snapshot import previous_snapshot
+    from pipeline.validate.visible_text import visible_preview
+
+    fingerprint = None if base_fingerprint is None else input_fingerprint(pull, config, base_fingerprint)
+    prepared = prepare_dataset(
+        pull, snapshots_root, config, previous_snapshot(snapshots_root), input_fingerprint=fingerprint
+    )
     logger = get_run_logger()
     logger.info("reconciliation:\n%s", prepared.reconciliation.table())
     logger.info("validation:\n%s", validation_summary(prepared.validation))
@@ -108,12 +153,10 @@ def check_base_model(config: PipelineConfig) -> str:
 
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
-def decide_training(
-    prepared: PreparedDataset, config: PipelineConfig, base_fingerprint: str, force: bool
-) -> TrainDecision:
+def decide_training(snapshot: Snapshot, config: PipelineConfig, base_fingerprint: str, force: bool) -> TrainDecision:
     """Train only when the accepted dataset differs enough from the last trained one (or when forced)."""
     decision = change_detection.decide_training(
-        prepared.snapshot, config, base_fingerprint, Settings().mlflow_tracking_uri, force=force
+        snapshot, config, base_fingerprint, Settings().mlflow_tracking_uri, force=force
     )
     get_run_logger().info("%s: %s", "training" if decision.train else "not training", decision.reason)
     return decision

@@ -145,6 +145,9 @@ def test_flow_end_to_end_logs_a_complete_run(
     again = ingest_flow(config_path=str(cfg), work_dir=str(tmp_path / "work"), base_model=str(tiny_model_dir))
     assert not again.trained and again.train is None
     assert again.snapshot_hash == ingested.snapshot_hash
+    # The pull brought nothing new, so the snapshot it made is reused: not validated or written again.
+    assert again.snapshot_dir == ingested.snapshot_dir
+    assert len([d for d in (tmp_path / "work" / "snapshots").iterdir() if not d.name.startswith(".")]) == 1
     assert again.message.startswith(f"no new annotations since snapshot {ingested.snapshot_hash[:12]}")
     assert len(ml.search_runs([exp_id])) == runs_before
     assert len(ml.search_model_versions("name='lora-adapter'")) == versions_before

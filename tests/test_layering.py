@@ -57,8 +57,20 @@ FORBIDDEN_MODULES: dict[str, tuple[str, ...]] = {
     "pipeline.track.tracking": ("torch", "transformers", "peft", "pipeline.train.recipe"),
     "pipeline.train.results": ("torch", "transformers", "peft"),
     "pipeline.config": ("torch", "transformers", "mlflow", "prefect", "flows", "pipeline.ingest", "pipeline.demo"),
-    # An ingest run that finds no new annotations must not pay for the training stack's imports.
-    "flows.ingest_flow": ("torch", "peft", "lm_eval", "pipeline.train", "pipeline.evaluate", "flows.train_tasks"),
+    # An ingest run that finds no new annotations must not pay for the training stack's imports, nor for the
+    # validation stack's (tokenizer, pandera, Arrow datasets): those load only when a pull brought something new.
+    "flows.ingest_flow": (
+        "torch",
+        "peft",
+        "lm_eval",
+        "transformers",
+        "pandera",
+        "datasets",
+        "pipeline.train",
+        "pipeline.evaluate",
+        "pipeline.validate.prepare",
+        "flows.train_tasks",
+    ),
 }
 
 _PROBE = """

@@ -21,6 +21,7 @@ from pipeline.validate.checks import ValidationResult, chat_token_counter, valid
 from pipeline.validate.dataset_checks import category_agreement_check
 from pipeline.validate.report import agreement_section, failure_table, validation_markdown, write_failure_table
 from pipeline.validate.snapshot import Snapshot, write_snapshot
+from pipeline.validate.unchanged import fingerprint_meta
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ def prepare_dataset(
     *,
     token_checks: bool = True,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    input_fingerprint: str | None = None,
 ) -> PreparedDataset:
     """Validate the pulled records, reconcile the counts and write the snapshot with its report and failure table.
 
@@ -49,7 +51,8 @@ def prepare_dataset(
     validation thresholds, policies and split settings apply; `previous` enables the drift checks. The snapshot is written
     even when a check with policy `error` failed, so the report can be read; callers stop before training
     with `validation.raise_for_errors()`. `token_checks=False` skips the token-length checks (no tokenizer); `tokenizer` is the base model's, when the
-    caller has already loaded it.
+    caller has already loaded it. `input_fingerprint` (pipeline/validate/unchanged.py) is recorded so that a
+    later pull of the same input can reuse this snapshot.
     """
     counter = None
     if config is not None and token_checks:
@@ -86,6 +89,7 @@ def prepare_dataset(
             "previous_snapshot": str(previous.path) if previous is not None else None,
             "annotation_rule": "ground truth > most recently updated submitted; skipped and drafts never count",
             "agreement": _agreement_meta(agreement),
+            **fingerprint_meta(input_fingerprint),
         },
         report_markdown=validation_markdown(rec, quarantined, validation.checks_run, validation=validation)
         + "\n"
