@@ -22,7 +22,7 @@ as the orchestration tests' workers do, so both sides train on the same number o
                 annotations since snapshot ..."), submit -> Completed; and `ingest_flow(...)` called in a process
                 that already imported it, against the same Prefect server, Label Studio and MLflow.
 Fixed costs: `python -c "import ..."` wall times (a flow run process imports its flow module before it is
-Running), the worker poll interval, and the 5 s poll of run_deployment (Prefect's default) in the ingest flow.
+Running), the worker poll interval, and the 1 s poll of run_deployment in the ingest flow.
 Forced round 1 is the demo's situation (no champion, full pull); later forced rounds pull incrementally and compare
 against the champion round 1 registered, as a nightly forced rerun does. Medians over rounds are reported.
 """
@@ -70,7 +70,9 @@ def worker_stages(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     from pipeline.base_model import base_model_fingerprint
     from pipeline.config import Settings, load_config
+    from pipeline.ingest.client import connect
     from pipeline.ingest.pull import pull_project
+    from pipeline.ingest.review_views import update_disagreements_view
     from pipeline.track.promotion import assess_adapter
     from pipeline.train.recipe import train_adapter
     from pipeline.validate.feedback import feedback_for_snapshot
@@ -100,6 +102,14 @@ def worker_stages(spec: dict[str, Any]) -> dict[str, Any]:
         timed(
             "feedback",
             lambda: feedback_for_snapshot(settings, config.labelstudio, pull.project.id, prepared.snapshot.path),
+        )
+        agreement = prepared.agreement
+        ids = None if agreement is None else agreement.disagreements["task_id"].tolist()
+        timed(
+            "disagreements_view",
+            lambda: update_disagreements_view(
+                connect(settings.label_studio_url, settings.require_label_studio_key()), pull.project.id, ids
+            ),
         )
     prepared.validation.raise_for_errors()
     snapshot = prepared.snapshot
@@ -293,7 +303,7 @@ def timeline(ingest_run: Any, t_submit: float, mlflow_uri: str, experiment: str)
         "train_created_to_pending (gpu worker pickup)": tr_states["PENDING"] - tr_created,
         "train_pending_to_running (process start + imports)": tr_states["RUNNING"] - tr_states["PENDING"],
         "train_running_to_completed (train tasks)": tr_end - tr_states["RUNNING"],
-        "train_completed_to_ingest_completed (run_deployment poll, up to 5 s)": ing_end - tr_end,
+        "train_completed_to_ingest_completed (run_deployment poll, up to 1 s)": ing_end - tr_end,
     }
     ml = MlflowClient(mlflow_uri)
     exp = ml.get_experiment_by_name(experiment)
@@ -618,6 +628,7 @@ def markdown(raw: dict[str, Any], s: dict[str, Any]) -> str:
         "pull_annotations": "pull_project",
         "validate_and_snapshot": "prepare_dataset",
         "send_annotator_feedback": "feedback",
+        "update_disagreements": "disagreements_view",
         "train": "train_adapter",
         "evaluate": "assess_adapter",
     }
@@ -643,7 +654,7 @@ def markdown(raw: dict[str, Any], s: dict[str, Any]) -> str:
         *(f'| `python -c "{IMPORTS[k]}"` wall | {v:.2f} |' for k, v in s["import_times_s"].items()),
         f"| worker poll interval (PREFECT_WORKER_QUERY_SECONDS here; Prefect's default is 10) | "
         f"{raw['worker_query_seconds']:.0f} |",
-        "| run_deployment poll in the ingest flow while it waits for lora-train/gpu (Prefect's default) | 5 |",
+        "| run_deployment poll in the ingest flow while it waits for lora-train/gpu | 1 |",
         "",
         f"Setup (not timed in the figures): {', '.join(f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}' for k, v in raw['setup'].items())}.",
         "",

@@ -78,7 +78,7 @@ def ingest_flow(
         result: TrainOutcome = train_flow(**parameters, work_dir=str(root))
         return replace(outcome, train=result)
     get_run_logger().info("starting deployment %s for snapshot %s", train_deployment, snapshot.hash[:12])
-    run = run_deployment(train_deployment, parameters=parameters, timeout=None, poll_interval=2, as_subflow=True)
+    run = run_deployment(train_deployment, parameters=parameters, timeout=None, poll_interval=1, as_subflow=True)
     state = run.state
     if state is None or not state.is_completed():
         raise RuntimeError(

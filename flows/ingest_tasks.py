@@ -2,7 +2,8 @@
 
 Nothing here imports torch or the training/evaluation stack, so an ingest flow run (often one that finds
 no new annotations) starts in seconds; the validation stack (tokenizer, pandera) is imported only when a
-pull brought something new (`reuse_unchanged_snapshot`).
+pull brought something new (`reuse_unchanged_snapshot`). Every task has `cache_policy=NO_CACHE`: a pull
+must never be served from a cache, and the default policy would hash every input (whole pulls) per call.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.retries import retry_transient
@@ -26,7 +28,12 @@ if TYPE_CHECKING:
     from pipeline.validate.prepare import PreparedDataset
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+@task(
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
 def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, full: bool = False) -> Pull:
     """Pull the configured Label Studio project (incrementally from the last snapshot under `snapshots_root`)."""
     pull = pull_project(Settings(), config.labelstudio, snapshots_root=snapshots_root, full=full)
@@ -34,7 +41,7 @@ def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, 
     return pull
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def reuse_unchanged_snapshot(
     pull: Pull, snapshots_root: str, config: PipelineConfig, base_fingerprint: str
 ) -> Snapshot | None:
@@ -57,7 +64,12 @@ def reconciliation_of(snapshot: Snapshot) -> Reconciliation:
     return Reconciliation(**snapshot.meta["reconciliation"])
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
 def send_annotator_feedback(config: PipelineConfig, pull: Pull, prepared: PreparedDataset) -> None:
     """Mark tasks that failed a check in Label Studio (task meta + the "needs fix" view); clear fixed ones."""
     from pipeline.validate.feedback import feedback_for_snapshot
@@ -68,7 +80,12 @@ def send_annotator_feedback(config: PipelineConfig, pull: Pull, prepared: Prepar
     get_run_logger().info("feedback to annotators: %s", result.as_dict())
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
 def update_disagreements(config: PipelineConfig, pull: Pull, prepared: PreparedDataset) -> None:
     """Point Label Studio's "disagreements" tab at the tasks whose annotators disagree in this pull."""
     from pipeline.ingest.client import connect, retry_policy
@@ -97,7 +114,7 @@ def update_disagreements(config: PipelineConfig, pull: Pull, prepared: PreparedD
 _ARTIFACT_MAX_ROWS = 1000
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def validate_and_snapshot(
     pull: Pull, snapshots_root: str, config: PipelineConfig, base_fingerprint: str | None = None
 ) -> PreparedDataset:
@@ -136,14 +153,14 @@ def validate_and_snapshot(
     return prepared
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def stop_on_validation_errors(prepared: PreparedDataset) -> None:
     """Checks with policy `error` stop the flow here: after annotators got their feedback, before an MLflow
     run is opened or anything is trained."""
     prepared.validation.raise_for_errors()
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def check_base_model(config: PipelineConfig) -> str:
     """Resolve the base model before anything is pulled: a missing or unreachable one stops the flow here
     with one line; returns its fingerprint (weights hash or hub commit) for change detection."""
@@ -152,7 +169,12 @@ def check_base_model(config: PipelineConfig) -> str:
     return fingerprint
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
 def decide_training(snapshot: Snapshot, config: PipelineConfig, base_fingerprint: str, force: bool) -> TrainDecision:
     """Train only when the accepted dataset differs enough from the last trained one (or when forced)."""
     decision = change_detection.decide_training(

@@ -1,4 +1,8 @@
-"""Prefect tasks of the train flow: thin wrappers of the train/evaluate/track stages."""
+"""Prefect tasks of the train flow: thin wrappers of the train/evaluate/track stages.
+
+Every task has `cache_policy=NO_CACHE`: none may be served from a cache, and Prefect's default policy
+would hash every input (snapshots, datasets) on each call to compute a key nobody uses.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.orphans import prefect_flow_run_ended
@@ -34,7 +39,12 @@ from pipeline.train.results import TrainResult
 from pipeline.validate.snapshot import Snapshot
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
 def open_run(
     config: PipelineConfig, snapshot: Snapshot, key: str, base_fingerprint: str, flow_run_id: str, force: bool
 ) -> RunClaim:
@@ -79,7 +89,7 @@ def open_run(
 
 
 # A Prefect retry of the train task resumes from the newest checkpoint (train_adapter(resume=True)).
-@task(retries=1, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def train(config: PipelineConfig, snapshot: Snapshot, run_id: str, adapter_dir: str) -> TrainResult:
     """Train on the snapshot's frozen train rows, resuming from the newest checkpoint of this work if there is
     one, streaming step metrics to the MLflow run; `train.gpus > 1` runs the DDP path under torchrun."""
@@ -120,7 +130,7 @@ def train(config: PipelineConfig, snapshot: Snapshot, run_id: str, adapter_dir: 
     return result
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, run_id: str) -> Assessment:
     """Forgetting check, task evaluation and gate verdict on the saved adapter; logs metrics, the report,
     per-item scores, the side-by-side table, plots and the adapter itself."""
@@ -149,7 +159,12 @@ def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, ru
     return assessment
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
 def promote_adapter(
     config: PipelineConfig, result: TrainResult, assessment: Assessment, snapshot: Snapshot, run_id: str, lock_dir: str
 ) -> Promotion:
@@ -205,7 +220,7 @@ def _serving_check(config: PipelineConfig) -> Callable[[Path], object] | None:
     )
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def finish_tracking(run_id: str, status: str) -> None:
     """Mark the MLflow run FINISHED or FAILED. FAILED is best effort: the flow is failing already (perhaps
     because MLflow is down), and its own error is the one to report; the run stays RUNNING then, and the next
