@@ -110,7 +110,7 @@ def test_generations_that_get_worse_fail_the_task_quality_rule_while_the_loss_im
     assert "16 rows only the base matched, 0 only the adapter" in exact.detail
     text = verdict.markdown()
     assert "| rule | result | value judged | threshold | interval | MDE | detail |" in text
-    assert f"| {ROUGE_RULE} | **FAIL** | {rouge.high:+.4f} | -0.0000 | [{rouge.low:+.4f}, {rouge.high:+.4f}] |" in text
+    assert f"| {ROUGE_RULE} | **FAIL** | {rouge.high:+.4f} | +0.0000 | [{rouge.low:+.4f}, {rouge.high:+.4f}] |" in text
     m = verdict.metrics()
     assert m[f"gate_{ROUGE_RULE}_passed"] == 0.0 and m[f"gate_{ROUGE_RULE}_mde"] == pytest.approx(rouge.mde)
     assert m["gate_task_improvement_mde"] == pytest.approx(LOSS_IMPROVES.mde)

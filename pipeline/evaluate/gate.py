@@ -47,6 +47,11 @@ def _fmt(x: float) -> str:
     return f"{x:+.4f}" if math.isfinite(x) else "n/a"
 
 
+def _neg(margin: float) -> float:
+    """-margin, without the -0.0 that would print as "-0.0000"."""
+    return -margin if margin else 0.0
+
+
 def interval_text(r: RuleResult) -> str:
     """`[low, high]` of the rule's interval, or n/a."""
     return f"[{_fmt(r.low)}, {_fmt(r.high)}]" if math.isfinite(r.low) and math.isfinite(r.high) else "n/a"
@@ -119,7 +124,7 @@ def _task_quality_rules(gate: GateConfig, task: TaskEvaluation) -> list[RuleResu
         why = "no generations scored; set eval.generation_samples above 0 (null: all rows) or gate.task_quality: false"
         alpha = 1.0 - task.improvement.confidence
         return [
-            RuleResult(ROUGE_RULE, False, math.nan, -gate.max_rouge_l_drop, why),
+            RuleResult(ROUGE_RULE, False, math.nan, _neg(gate.max_rouge_l_drop), why),
             RuleResult(EXACT_MATCH_RULE, False, math.nan, alpha, why),
         ]
     r, e, m = q.rouge_l, q.exact_match, q.mcnemar
@@ -127,9 +132,9 @@ def _task_quality_rules(gate: GateConfig, task: TaskEvaluation) -> list[RuleResu
     m_base, m_adapter = metrics["task_rouge_l_base"], metrics["task_rouge_l_adapter"]
     rouge = RuleResult(
         name=ROUGE_RULE,
-        passed=r.high >= -gate.max_rouge_l_drop,
+        passed=r.high >= _neg(gate.max_rouge_l_drop),
         value=r.high,
-        threshold=-gate.max_rouge_l_drop,
+        threshold=_neg(gate.max_rouge_l_drop),
         detail=(
             f"ROUGE-L of greedy generations on {q.rows} held-out rows {m_base:.3f} -> {m_adapter:.3f}; adapter - base "
             f"{r.estimate:+.4f} [{r.low:+.4f}, {r.high:+.4f}] ({r.confidence:.0%}); fails when the upper bound is "
@@ -147,7 +152,7 @@ def _task_quality_rules(gate: GateConfig, task: TaskEvaluation) -> list[RuleResu
         threshold=q.alpha,
         detail=(
             f"exact match adapter - base {e.estimate:+.4f} on {q.rows} rows; McNemar exact test: {m.base_only} rows "
-            f"only the base matched, {m.adapter_only} only the adapter, p = {m.p_value:.4f}; fails when p is below "
+            f"only the base matched, {m.adapter_only} only the adapter, p = {m.p_value:.3g}; fails when p is below "
             "and the adapter is the worse side"
         ),
         low=e.low,

@@ -120,7 +120,7 @@ class TaskQuality:
         lines += [
             "",
             f"Exact match, McNemar exact test: {m.base_only} rows only the base matched, {m.adapter_only} only the "
-            f"adapter; p = {m.p_value:.4f}.",
+            f"adapter; p = {m.p_value:.3g}.",
             "",
             "| category | rows | ROUGE-L base | ROUGE-L adapter | exact match base | exact match adapter |",
             "|---|---|---|---|---|---|",

@@ -90,6 +90,9 @@ def run_description(assessment: Assessment, *, run_id: str, base_model: str, mod
         "",
         *verdict_table(assessment),
         "",
+        "MDE: the smallest true effect this eval set detects with 80% power (the interval's scale); a rule whose "
+        "threshold lies within it of zero cannot tell.",
+        "",
         *champion_table(assessment),
         "",
         "How to load:",
