@@ -15,6 +15,7 @@ import httpx
 from flows.local_api import PrefectStartError
 from pipeline.cli_orchestration import add_orchestration_parsers, add_webhook_parser
 from pipeline.cli_review import add_review_parsers
+from pipeline.cli_sweep import add_sweep_parser
 from pipeline.ingest.client import LabelStudioError
 from pipeline.ingest.reconcile import ReconciliationError
 from pipeline.ingest.server import LabelStudioStartError
@@ -433,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_labelstudio_parser(sub)
     add_orchestration_parsers(sub)
     add_review_parsers(sub)
+    add_sweep_parser(sub)
     return p
 
 
