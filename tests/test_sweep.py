@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,79 @@ def test_a_failing_child_shows_failed_and_the_sweep_goes_on(
     note = ml.get_run(outcome.parent_run_id).data.tags["mlflow.note.content"]
     assert "1 of 2 children failed" in note and "**FAILED**" in note
     assert not math.isnan(next(p["task_gain"] for p in outcome.points if p["label"] == "r4-qv"))
+
+
+@pytest.mark.slow
+def test_a_child_that_logged_nothing_is_ended_failed_with_why(mlflow_server: str, tmp_path: Path) -> None:
+    """A child whose worker died (its flow run crashed before it logged a point) is not dropped: the parent ends
+    its run FAILED with the flow run's final state as the error."""
+    from pipeline.track.sweep import open_sweep, read_point
+
+    snapshot = _snapshot(tmp_path / "snapshots")
+    cfg = load_config(base_model="some/base", mlflow={"experiment": "sweep-crash-test"})
+    specs = plan_children(cfg, [4])
+    runs = open_sweep(mlflow_server, cfg, snapshot, specs)
+    point = read_point(mlflow_server, specs[0], runs.child_ids["r4"], "its flow run 123 ended Crashed: worker lost")
+    assert point.status == "FAILED" and point.error.endswith("worker lost")
+    run = MlflowClient(mlflow_server).get_run(runs.child_ids["r4"])
+    assert run.info.status == "FAILED" and run.data.tags["error"] == point.error
+    assert run.data.tags["mlflow.parentRunId"] == runs.parent_id
+
+
+@pytest.mark.slow
+def test_children_fan_out_to_a_deployment(
+    mlflow_server: str, prefect_harness: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With child_deployment set, every child runs as a flow run of that deployment (served here by a separate
+    process, as a gpu worker would run it), in the MLflow run the parent opened for it."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.sweep_flow import sweep_flow
+    from pipeline.ingest.server import stop_server
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "OMP_NUM_THREADS": "1"}
+    serve = "from flows.sweep_flow import sweep_child_flow; sweep_child_flow.serve(name='sweep-test', limit=2)"
+    root = Path(__file__).resolve().parents[1]
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", serve],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with get_client(sync_client=True) as client:
+            for _ in range(240):
+                try:
+                    client.read_deployment_by_name("lora-sweep-child/sweep-test")
+                    break
+                except ObjectNotFound:
+                    assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                    time.sleep(0.5)
+        snapshot = _snapshot(tmp_path / "snapshots")
+        outcome = sweep_flow(
+            snapshot_dir=str(snapshot.path),
+            ranks=[2, 4],
+            config_path=str(_config(tmp_path / "cfg.yaml", "sweep-deploy-test")),
+            base_model=str(tiny_model_dir),
+            work_dir=str(tmp_path / "work"),
+            child_deployment="lora-sweep-child/sweep-test",
+        )
+    finally:
+        stop_server(proc)
+    ml = MlflowClient(mlflow_server)
+    children = _children(ml, outcome.parent_run_id)
+    assert {k: r.info.status for k, r in children.items()} == {"r2": "FINISHED", "r4": "FINISHED"}, (
+        tmp_path / "serve.log"
+    ).read_text()[-3000:]
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["sweep-test"])))
+    assert len(runs) == 2 and all(r.state is not None and r.state.is_completed() for r in runs)
+    assert "sweep/pareto.png" in {f.path for f in ml.list_artifacts(outcome.parent_run_id, "sweep")}
