@@ -170,5 +170,5 @@ def test_report_writes_per_item_scores(report: ForgettingReport, tmp_path: Path)
     assert data["metrics"]["forgetting_ppl_base"] == pytest.approx(report.comparison("general_suite_ppl").base.value)
     by_task = {c["task"]: c for c in data["comparisons"]}
     assert len(by_task["general_suite_ppl"]["adapter"]["values"]) == len(load_general_suite().texts)
-    assert set(by_task["general_suite_mc"]["delta"]) == {"estimate", "low", "high", "confidence"}
+    assert set(by_task["general_suite_mc"]["delta"]) == {"estimate", "low", "high", "confidence", "se"}
     assert torch.isfinite(torch.tensor(by_task["general_suite_ppl"]["adapter"]["values"])).all()
