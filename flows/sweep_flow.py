@@ -72,7 +72,8 @@ def open_runs(config: PipelineConfig, snapshot: Snapshot, specs: list[ChildSpec]
 @task(cache_policy=NO_CACHE)
 def train_and_assess(spec: ChildSpec, snapshot: Snapshot, run_id: str, adapter_dir: str) -> SweepPoint:
     """Train and assess one child in its run (a failure ends the run FAILED and returns a failed point)."""
-    point = run_child(Settings().mlflow_tracking_uri, spec, snapshot, run_id, adapter_dir)
+    tags = {"prefect_flow_run_id": str(flow_run.id or "")}  # this child's flow run (a subflow or a worker's)
+    point = run_child(Settings().mlflow_tracking_uri, spec, snapshot, run_id, adapter_dir, tags)
     logger = get_run_logger()
     if point.status == "FAILED":
         logger.warning("sweep child %s failed: %s", spec.label, point.error)

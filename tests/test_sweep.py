@@ -288,4 +288,6 @@ def test_children_fan_out_to_a_deployment(
 
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["sweep-test"])))
     assert len(runs) == 2 and all(r.state is not None and r.state.is_completed() for r in runs)
+    # Each child's run names the worker's flow run that trained it (the orphan sweep judges it by that one).
+    assert {r.data.tags["prefect_flow_run_id"] for r in children.values()} == {str(r.id) for r in runs}
     assert "sweep/pareto.png" in {f.path for f in ml.list_artifacts(outcome.parent_run_id, "sweep")}

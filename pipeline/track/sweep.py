@@ -228,10 +228,22 @@ def failed_point(spec: ChildSpec, run_id: str, error: str) -> SweepPoint:
     )
 
 
-def run_child(uri: str, spec: ChildSpec, snapshot: Snapshot, run_id: str, adapter_dir: str | Path) -> SweepPoint:
+def run_child(
+    uri: str,
+    spec: ChildSpec,
+    snapshot: Snapshot,
+    run_id: str,
+    adapter_dir: str | Path,
+    tags: dict[str, str] | None = None,
+) -> SweepPoint:
     """Train and assess one child in its run, log what a train run logs plus its point; a child that raises ends
-    FAILED with its error (tag, traceback artifact) and comes back as a failed point, so the sweep goes on."""
+    FAILED with its error (tag, traceback artifact) and comes back as a failed point, so the sweep goes on.
+    The run's owner becomes this process (on a GPU worker, not the parent's), so the orphan sweep judges it by
+    the process that trains it; `tags` (its flow run id) are set with it."""
     config = spec.config
+    client = tracking_client(uri)
+    for name, value in {**owner_tags(), **(tags or {})}.items():
+        client.set_tag(run_id, name, value)
     try:
         train_rows, eval_rows = snapshot.hf_split()  # memory-mapped; tokenized once for the whole sweep (cached)
         steps = StepLogger(uri, run_id, adapter_dir=str(adapter_dir))
