@@ -416,6 +416,8 @@ def run(rounds: int, threads: int, work: Path, base: str, base_cache: Path) -> d
             "LORA_PIPELINE_CONFIG": str(DEMO_CONFIG),
             "LORA_PIPELINE_BASE_MODEL": str(model_dir),
             "MLFLOW_TRACKING_URI": mlflow_uri,
+            # The deployments run `python -m prefect.engine`: the worker's python is this venv's, as when activated.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         stack.spawn(
             "prefect-server",

@@ -129,6 +129,8 @@ def stack(
         "LABEL_STUDIO_API_KEY": label_studio.token,
         "MLFLOW_TRACKING_URI": mlflow_server,
         "OMP_NUM_THREADS": "1",
+        # The deployments run `python -m prefect.engine`: the worker's python is this venv's, as when activated.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     procs = [
         spawn_server(
