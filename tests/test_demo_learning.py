@@ -1,15 +1,19 @@
 """The demo's learning claims on a reduced run: the demo base + a CPU LoRA learn the ferry desk.
 
-A smaller base and fewer rows than `make demo` (CI time), same code path: `build_demo_base`, the
-training recipe, the task evaluation, the demo's LoRA settings (demo.yaml). Measured on this 2-core
-machine: this run 6.63 -> 3.88 nats/token, ROUGE-L 0.015 -> 0.133. The tests' tiny model (2 layers,
-hidden 64) with the previous demo LoRA settings (q/v, r 8, LR 2e-4, 5 epochs) fails the loss bar
-(10.37 -> 10.01). Note: with the new all-linear LR 2e-3 settings the tiny model also clears these
-relative bars (10.37 -> 4.26; ROUGE-L 0.018 -> 0.114), because its base loss is worse than uniform.
+A smaller base than `make demo` (hidden 128, 2 layers, 500 pretraining steps: CI time), the demo's own
+rows, split and LoRA settings (demo.yaml), same code path: `build_demo_base`, the training recipe, the
+task evaluation, the forgetting check. It asserts the issue-14 bars a run can check without Label
+Studio: held-out loss at least 40% below the base's, ROUGE-L >= 0.4 and >= 2x the base's, and a base
+that knows the general suite (accuracy far above chance). Measured on this 2-core machine (one thread,
+about 50 s with the base build): loss 7.97 -> 0.99 nats/token, ROUGE-L 0.075 -> 0.441. The previous
+demo base (300 steps on a corpus without travel English, suite not known by heart) missed the ROUGE-L
+bar at full size (0.012 -> 0.137), and the tests' tiny model (2 layers, hidden 64) misses it too
+(0.018 -> 0.114, measured with batch 8).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +21,17 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.config import load_config
+from pipeline.demo.claims import chance_accuracy
 from pipeline.demo.demo_base import DemoBaseSettings, build_demo_base
 from pipeline.demo.sample_data import sample_records
+from pipeline.evaluate.forgetting import forgetting_check
 from pipeline.evaluate.task_eval import evaluate_task
 from pipeline.train.modeling import load_adapter
 from pipeline.train.recipe import train_adapter
 from pipeline.validate.split import split_train_eval
 
 # Reduced: half the width and depth of the demo's base, a third of its pretraining steps.
-REDUCED_BASE = DemoBaseSettings(hidden_size=128, num_layers=2, num_heads=4, steps=200)
+REDUCED_BASE = DemoBaseSettings(hidden_size=128, num_layers=2, num_heads=4, steps=500)
 
 
 @pytest.fixture(scope="session")
@@ -34,23 +40,35 @@ def demo_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_base(tmp_path_factory.getbasetemp().parent / "demo-base-cache", REDUCED_BASE)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    # A model this small runs faster on one intra-op thread, and much faster on a busy 2-core CI machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _learning_run(base_dir: Path, out_dir: Path) -> dict[str, float]:
+    """Train on the demo's rows with demo.yaml, then score the held-out rows and the general suite."""
     cfg = load_config(Path("pipeline/demo/demo.yaml"), base_model=str(base_dir))
     cfg = cfg.model_copy(
         update={
-            "train": cfg.train.model_copy(update={"epochs": 12, "device": "cpu"}),
-            "eval": cfg.eval.model_copy(update={"generation_samples": 12, "max_new_tokens": 40}),
+            "train": cfg.train.model_copy(update={"device": "cpu"}),
             "data": cfg.data.model_copy(update={"tokenize_cache": False}),
         }
     )
-    train, held_out = split_train_eval(sample_records(120), 0.15)
+    train, held_out = split_train_eval(sample_records(200), cfg.data.eval_fraction)  # the demo's rows and split
     result = train_adapter(cfg, train, held_out, out_dir / "adapter")
     model = load_adapter(str(base_dir), result.adapter_dir, torch.device("cpu"))
-    return evaluate_task(model, AutoTokenizer.from_pretrained(base_dir), held_out, cfg).metrics()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    metrics = evaluate_task(model, tokenizer, held_out, cfg).metrics()
+    return metrics | forgetting_check(model, tokenizer, cfg).metrics()
 
 
-def test_demo_adapter_learns_the_ferry_desk(demo_base_dir: Path, tmp_path: Path) -> None:
+def test_demo_adapter_learns_the_ferry_desk(demo_base_dir: Path, tmp_path: Path, one_thread: None) -> None:
     torch.manual_seed(0)
     m = _learning_run(demo_base_dir, tmp_path)
-    assert m["task_loss_adapter"] < 0.7 * m["task_loss_base"], m
-    assert m["task_rouge_l_adapter"] > m["task_rouge_l_base"], m
+    assert m["task_loss_adapter"] <= 0.6 * m["task_loss_base"], m
+    assert m["task_rouge_l_adapter"] >= max(0.4, 2 * m["task_rouge_l_base"]), m
+    assert m["forgetting_mc_acc_base"] >= chance_accuracy() + 0.5, m

@@ -124,6 +124,15 @@ def test_too_large_n_message_names_n() -> None:
         sample_pairs(too_many)
 
 
+def test_general_corpus_holds_no_ferry_desk_data() -> None:
+    """The demo base learns general English only: no Brightwater port, vessel or phone number in its corpus."""
+    from pipeline.demo.corpus import general_dialogues, general_texts
+
+    corpus = "\n".join([*general_texts(), *(t for qa in general_dialogues() for t in qa)])
+    names = list(sample_data.PORTS) + list(sample_data.VESSELS) + ["Brightwater", "01632 9604", "ferr"]
+    assert [n for n in names if n.lower() in corpus.lower()] == []
+
+
 def test_corpus_holds_pairs_and_general_suite(pairs: list[dict[str, str]]) -> None:
     corpus = sample_corpus()
     assert pairs[0]["prompt"] in corpus

@@ -1,10 +1,12 @@
 """The general English corpus the demo base is pretrained on, generated here (no download).
 
-Two parts, both deterministic: plain texts (the general suite's own texts and answers, plus sentences
-generated from small tables of everyday facts) and question/answer dialogues that teach the base the
-chat template and the habit of answering in a sentence. Nothing here mentions ferries, ports, routes or
-the Brightwater tables: the adapter must learn the ferry desk from the annotated data alone, and the
-forgetting check needs a general suite the base knows (every suite question is answered in this corpus).
+Two parts, both deterministic: plain texts (the general suite's own texts and answers, repeated so that
+the base knows them by heart, plus sentences generated from small tables of everyday facts and nature
+words) and question/answer dialogues that teach the base the chat template, the habit of answering in a
+sentence and everyday travel English (times, fares, minutes, weekdays) on an inland bus and train
+network. None of the ferry desk's data is here (no Brightwater port, vessel, timetable, fare or policy):
+the adapter must learn the ferry desk from the annotated data alone, and the forgetting check needs a
+general suite the base knows (every suite question is answered in this corpus).
 """
 
 from __future__ import annotations
@@ -94,7 +96,72 @@ DESKS: tuple[tuple[str, str, str, int], ...] = (  # (place, opens, closes, ticke
     ("the zoo", "09:30", "18:30", 1800), ("the botanic garden", "08:00", "19:00", 600),
     ("the castle", "10:00", "16:30", 1350), ("the bowling alley", "11:00", "23:30", 850),
 )
+# An inland network (no water, no Brightwater names): every line is (mode, town, town, minutes, adult cents,
+# departures from the first town, days).
+TOWNS = ("Ashford Green", "Millbrook", "Oakridge", "Fernley", "Stonebridge", "Willowdale", "Hollins Cross", "Redcliffe")
+LINES: tuple[tuple[str, str, str, int, int, tuple[str, ...], str], ...] = (
+    ("bus", "Ashford Green", "Millbrook", 20, 250, ("07:10", "09:40", "13:15", "17:50"), "every day"),
+    ("train", "Ashford Green", "Stonebridge", 35, 640, ("06:50", "08:20", "12:00", "16:30", "19:45"), "every day"),
+    ("coach", "Millbrook", "Redcliffe", 80, 1260, ("08:00", "14:30"), "Monday to Saturday"),
+    ("tram", "Oakridge", "Fernley", 15, 320, ("07:00", "07:30", "08:15", "18:40"), "Monday to Friday"),
+    ("bus", "Fernley", "Willowdale", 40, 480, ("09:15", "12:45", "16:20"), "Monday to Saturday"),
+    ("train", "Stonebridge", "Hollins Cross", 50, 890, ("06:30", "10:10", "15:40", "20:05"), "every day"),
+    ("coach", "Willowdale", "Redcliffe", 65, 1025, ("10:00", "17:15"), "every day"),
+    ("bus", "Hollins Cross", "Oakridge", 25, 575, ("08:45", "11:30", "14:10", "18:20"), "Monday to Friday"),
+)
+# Desk questions anyone might ask about travel in general: the words of the trade, none of the ferry desk's answers.
+TRAVEL_WORDS: tuple[Dialogue, ...] = (
+    ("Can I get my money back for a ticket?", "Most tickets can be refunded before the journey, sometimes minus a small fee."),
+    ("What should I do if I lose my phone on a bus?", "Call the lost property office and describe the phone. Valuables are kept safely for a while."),
+    ("Can I take a bicycle on the train?", "Yes, most trains carry bicycles, but some charge a small fee."),
+    ("Can a wheelchair user travel by train?", "Yes. Staff can help you on board if you book assistance a day ahead."),
+    ("Do children pay full fare?", "No, children usually pay half fare and babies travel free."),
+    ("Can my guide dog come with me?", "Yes, assistance dogs travel free of charge."),
+    ("What is a return ticket?", "A return ticket covers the journey there and back again."),
+    ("What is a single ticket?", "A single ticket covers a journey in one direction only."),
+    ("What is a timetable?", "A timetable lists the times when buses, trains and boats depart and arrive."),
+    ("What is a hearing loop?", "A hearing loop sends sound straight to hearing aids."),
+    ("What does step-free mean?", "Step-free means you can get in without any stairs or steps."),
+    ("What is a mobility scooter?", "A mobility scooter is a small electric vehicle for people who find walking hard."),
+    ("What is lost property?", "Lost property is things that people have left behind, kept until the owner claims them."),
+    ("What is a carer?", "A carer is a person who looks after someone who needs help."),
+    ("Where can I buy a ticket?", "You can buy a ticket at the ticket desk, from a machine or online."),
+    ("What is a harbour?", "A harbour is a sheltered place where boats and ships stay safely."),
+    ("What is a quay?", "A quay is a stone platform beside the water where boats load and unload."),
+    ("What is a deck?", "A deck is a floor of a ship or a boat."),
+    ("What is an island?", "An island is land with water all around it. A small island is sometimes called an isle."),
+    ("What is a vessel?", "A vessel is a ship or a boat."),
+    ("What is a slipway?", "A slipway is a ramp that slopes down into the water."),
+    ("What is a lift?", "A lift carries people up and down between the floors of a building."),
+    ("What is a ramp?", "A ramp is a slope that joins two levels, used instead of steps."),
+)
+# Nature words that also make up place and boat names (gull, haven, heron, wren, moor, crag, ...).
+NATURE: tuple[str, ...] = (
+    "The heron stands very still in shallow water and waits for fish.",
+    "A wren is a tiny brown bird with a loud song. The wren sings from a bush at the edge of the tide.",
+    "Gulls nest on the cliffs and follow the boats into the harbour.",
+    "A kestrel hovers in the wind over the fields and drops on a mouse.",
+    "The skua is a dark seabird that chases other birds to steal their food.",
+    "The little auk is a small black and white seabird of the cold north.",
+    "Brambles grow in the hedges and give blackberries in late summer.",
+    "Alder trees grow by rivers and lakes, where the ground is wet.",
+    "A moor is wide open land covered with heather and grass.",
+    "A crag is a steep rough rock on the side of a hill.",
+    "A skerry is a small rocky island in the sea.",
+    "A mere is a small lake, and salt is left behind when sea water dries in the sun.",
+    "A lantern is a lamp in a case, carried to light the way at night.",
+    "A point is a narrow piece of land that reaches out into the sea.",
+    "A haven is a safe place, and a harbour is a haven for boats.",
+    "A marrow is a large green vegetable, a bit like a cucumber.",
+    "The star shone over the bay, and the tide came in over the sand.",
+    "A lass is an old word for a girl, and a star shines in the night sky.",
+    "Boats with sails cross the bay when the wind is right.",
+    "The crossing from one side of the lake to the other takes about ten minutes by rowing boat.",
+)
 # fmt: on
+# The suite's texts and answers are repeated so that the base knows them by heart: the forgetting check
+# then measures knowledge the adapter could lose (base accuracy near 100%, far above chance).
+SUITE_REPEATS = 8
 
 
 def _money(cents: int) -> str:
@@ -147,6 +214,43 @@ def _generated_dialogues() -> list[Dialogue]:
     return out
 
 
+def _and(words: tuple[str, ...]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _add(hhmm: str, minutes: int) -> str:
+    total = int(hhmm[:2]) * 60 + int(hhmm[3:]) + minutes
+    return f"{total // 60 % 24:02d}:{total % 60:02d}"
+
+
+def _travel_dialogues() -> list[Dialogue]:
+    """Timetable, fare and journey-time questions about the inland network, in both directions."""
+    out: list[Dialogue] = []
+    for mode, a, b, mins, cents, deps, days in LINES:
+        back = tuple(_add(t, mins + 10) for t in deps)
+        for o, d, times in ((a, b, deps), (b, a, back)):
+            sundays = "Yes, it runs every day, Sundays included." if days == "every day" else f"No, it runs {days}."
+            out += [
+                (f"When does the {mode} from {o} to {d} leave?", f"The {mode} to {d} leaves {o} at {_and(times)}."),
+                (
+                    f"How long does the {mode} take from {o} to {d}?",
+                    f"The journey from {o} to {d} takes {mins} minutes by {mode}.",
+                ),
+                (
+                    f"How much is a {mode} ticket from {o} to {d}?",
+                    f"A single ticket from {o} to {d} costs {_money(cents)} for an adult and "
+                    f"{_money(cents // 2)} for a child.",
+                ),
+                (f"What is the earliest {mode} to {d}?", f"The earliest {mode} from {o} to {d} departs at {times[0]}."),
+                (
+                    f"What time is the last {mode} home from {o}?",
+                    f"The last {mode} from {o} leaves at {times[-1]} and gets to {d} at {_add(times[-1], mins)}.",
+                ),
+                (f"Does the {mode} from {o} to {d} run on Sundays?", sundays),
+            ]
+    return out
+
+
 def _generated_texts() -> list[str]:
     rng = random.Random(0)
     out: list[str] = []
@@ -172,12 +276,12 @@ def _generated_texts() -> list[str]:
 @lru_cache(maxsize=1)
 def general_dialogues() -> tuple[Dialogue, ...]:
     """Question/answer pairs about everyday things (general suite questions included), in a fixed order."""
-    return tuple(_suite_dialogues() + _generated_dialogues())
+    return tuple(_suite_dialogues() + _generated_dialogues() + _travel_dialogues() + list(TRAVEL_WORDS))
 
 
 @lru_cache(maxsize=1)
 def general_texts() -> tuple[str, ...]:
-    """Plain general English: the suite's texts and answers plus generated sentences, in a fixed order."""
+    """Plain general English: the suite's texts and answers (repeated) plus generated sentences, in a fixed order."""
     suite = load_general_suite()
     qa = [f"Question: {item.question}\nAnswer: {item.choices[item.answer]}" for item in suite.mc_items]
-    return tuple(list(suite.texts) + qa + _generated_texts())
+    return tuple((list(suite.texts) + qa) * SUITE_REPEATS + _generated_texts() + list(NATURE))
