@@ -3,13 +3,16 @@
 Run:  .venv/bin/python bench/serve_bench.py                  # writes bench/results/serve.{json,md}
       .venv/bin/python bench/serve_bench.py --bases demo,1024x4 --requests 16 --new-tokens 64
 
-Measured in one run, on each base built here (--bases: `demo` is the tiny demo model; HIDDENxLAYERS a wider
-Llama with the same tokenizer, briefly pretrained), with 16 random rank --rank LoRA adapters on the training
+Measured in one run, on each base (--bases: `demo` is the demo base of `make demo`, pipeline/demo/demo_base.py,
+built once into --base-cache and reused; `tiny` the 2-layer hidden-64 test model; HIDDENxLAYERS a wider Llama
+with the same tokenizer, briefly pretrained), with 16 random rank --rank LoRA adapters on the training
 default's target modules:
   * decode throughput of `BatchEngine` (the server's engine) on --requests concurrent requests of
     --new-tokens tokens each (EOS ignored, so every configuration decodes the same tokens): the merged single
-    model (one adapter merged into the base, plain forward), and PEFT mixed batches spreading the requests
-    over 1, 4 and 16 adapters. Goal: 16 adapters >= 0.7x the merged model's tokens/s.
+    model (one adapter merged into the base, plain forward), and mixed batches spreading the requests over
+    1, 4 and 16 adapters, each through PEFT's per-row `adapter_names` path (before) and through the batched
+    multi-LoRA forward over stacked adapters (after, `pipeline/serve/multi_lora.py`, the default). A batch of
+    one adapter runs it as PEFT's active adapter on both. Goal: 16 adapters >= 0.7x the merged model's tokens/s.
   * hot-swap (first base only): a real `mlflow server` and a real `lora-pipeline serve` (--poll-s 0.25); the time from moving
     an alias to the first answer by the new version (a client polling every 20 ms). Goal <= 2 s.
   * memory per extra adapter: the bytes of the parameters `load_adapter` adds, and the process RSS growth,
@@ -43,6 +46,7 @@ from peft import PeftModel, get_peft_model  # noqa: E402
 
 from pipeline.chat_format import load_tokenizer  # noqa: E402
 from pipeline.config import LoraConfig  # noqa: E402
+from pipeline.demo.demo_base import build_demo_base  # noqa: E402
 from pipeline.demo.tiny_model import build_tiny_model  # noqa: E402
 from pipeline.ingest.server import free_port, stop_server  # noqa: E402
 from pipeline.serve.chat import prompt_text  # noqa: E402
@@ -59,13 +63,15 @@ PROMPTS = [
 ]
 
 
-def build_base(out: Path, hidden: int | None, layers: int | None) -> Path:
-    """The demo tiny model (a few pretraining steps: weights only need to be a plausible base)."""
+def build_base(spec: str, out: Path, base_cache: Path) -> Path:
+    """The demo base (cached), or the tiny test model at its size (`tiny`) or HIDDENxLAYERS, with a few
+    pretraining steps: weights only need to be a plausible base."""
+    if spec == "demo":
+        return build_demo_base(base_cache)
     kwargs = {"pretrain_steps": 5, "seed": 0}
-    if hidden:
-        kwargs |= {"hidden_size": hidden, "num_heads": max(4, hidden // 64)}
-    if layers:
-        kwargs["num_layers"] = layers
+    if spec != "tiny":
+        hidden, layers = map(int, spec.split("x"))
+        kwargs |= {"hidden_size": hidden, "num_heads": max(4, hidden // 64), "num_layers": layers}
     return build_tiny_model(out, **kwargs)
 
 
@@ -120,12 +126,17 @@ def throughput(base_dir: Path, adapters: list[Path], args: argparse.Namespace) -
 
     merged = PeftModel.from_pretrained(load_base_model(str(base_dir), CPU), str(adapters[0])).merge_and_unload()
     merged_engine = BatchEngine(merged, tok, max_batch=args.requests)
-    multi = BatchEngine(load_base_model(str(base_dir), CPU), tok, max_batch=args.requests)
-    for i, d in enumerate(adapters):
-        multi.add_adapter(f"a{i}", d)
+    engines = {}
+    for path, stacked in (("peft", False), ("batched", True)):
+        engines[path] = BatchEngine(
+            load_base_model(str(base_dir), CPU), tok, max_batch=args.requests, multi_lora=stacked
+        )
+        for i, d in enumerate(adapters):
+            engines[path].add_adapter(f"a{i}", d)
     configs = {"merged": (merged_engine, [BASE] * args.requests, 0)}
     for n in (1, 4, 16):
-        configs[f"{n}_adapters"] = (multi, [f"a{i % n}" for i in range(args.requests)], n)
+        for path, engine in engines.items():
+            configs[f"{n}_adapters_{path}"] = (engine, [f"a{i % n}" for i in range(args.requests)], n)
     for engine, names, _ in configs.values():
         run_batch(engine, ids, names, 4)  # warm-up
     best = dict.fromkeys(configs, float("inf"))
@@ -134,8 +145,8 @@ def throughput(base_dir: Path, adapters: list[Path], args: argparse.Namespace) -
             best[key] = min(best[key], run_batch(engine, ids, names, args.new_tokens))
     for key, (_, _, n) in configs.items():
         rows[key] = {"adapters": n, "seconds": best[key], "tokens_per_s": tokens / best[key]}
-    merged_engine.close()
-    multi.close()
+    for engine in (merged_engine, *engines.values()):
+        engine.close()
     for row in rows.values():
         row["vs_merged"] = row["tokens_per_s"] / rows["merged"]["tokens_per_s"]
     return rows
@@ -273,14 +284,25 @@ def markdown(result: dict) -> str:
         f"{a['requests']} concurrent requests x {a['new_tokens']} new tokens (EOS ignored), best of {a['repeats']} "
         "interleaved runs. Every configuration runs through `BatchEngine`, the server's engine.",
         "",
-        "| base | configuration | tokens/s | vs merged | goal |",
-        "|---|---|---|---|---|",
+        "| base | configuration | before: PEFT `adapter_names` tokens/s | vs merged | after: batched multi-LoRA "
+        "tokens/s | vs merged | goal |",
+        "|---|---|---|---|---|---|---|",
     ]
     for base in result["bases"]:
-        for name, row in base["throughput"].items():
-            goal = ">= 0.7x" if name == "16_adapters" else ""
-            label = "merged single model" if name == "merged" else f"{row['adapters']} adapter(s), one batch"
-            lines.append(f"| {base['base']} | {label} | {row['tokens_per_s']:.0f} | {row['vs_merged']:.2f}x | {goal} |")
+        t = base["throughput"]
+        m = t["merged"]
+        lines.append(f"| {base['base']} | merged single model | {m['tokens_per_s']:.0f} | 1.00x | | | |")
+        for n in (1, 4, 16):
+            before, after = t[f"{n}_adapters_peft"], t[f"{n}_adapters_batched"]
+            label = "1 adapter (PEFT's active adapter on both)" if n == 1 else f"{n} adapters, one mixed batch"
+            lines.append(
+                f"| {base['base']} | {label} | {before['tokens_per_s']:.0f} | {before['vs_merged']:.2f}x | "
+                f"{after['tokens_per_s']:.0f} | {after['vs_merged']:.2f}x | {'>= 0.7x' if n == 16 else ''} |"
+            )
+    lines += [
+        "",
+        f"Load average (1, 5, 15 min) at the start: {result['load_before']}, at the end: {result['load_after']}.",
+    ]
     lines += [
         "",
         "Memory per extra adapter (parameters `load_adapter` adds; the process RSS growth is shown too, but at these",
@@ -318,20 +340,26 @@ def main() -> None:
     p.add_argument(
         "--bases",
         default="demo,1024x4",
-        help="comma-separated bases: demo (the tiny demo model) or HIDDENxLAYERS (a wider random Llama)",
+        help="comma-separated bases: demo (the demo base), tiny (the test model) or HIDDENxLAYERS (a wider Llama)",
+    )
+    p.add_argument(
+        "--base-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "lora-pipeline" / "demo-base",
+        help="where the demo base is built once and reused (pipeline/demo/demo_base.py build_demo_base)",
     )
     p.add_argument("--swaps", type=int, default=4, help="alias moves timed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     bases = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
         hot = None
         for spec in args.bases.split(","):
-            hidden, layers = (None, None) if spec == "demo" else map(int, spec.split("x"))
-            base_dir = build_base(work / spec / "base", hidden, layers)
+            base_dir = build_base(spec, work / spec / "base", args.base_cache)
             adapters = make_adapters(base_dir, work / spec, 16, args.rank)
             cfg = json.loads((base_dir / "config.json").read_text())
             params = sum(p.numel() for p in load_base_model(str(base_dir), CPU).parameters())
@@ -352,6 +380,8 @@ def main() -> None:
                      "targets": LoraConfig().peft_target_modules()},
             "bases": bases,
             "hot_swap": hot,
+            "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in os.getloadavg()],
         }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")

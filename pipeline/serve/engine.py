@@ -1,8 +1,9 @@
 """The PyTorch serving engine: one base model, N LoRA adapters in one `PeftModel`, mixed-adapter batches.
 
 A worker thread collects requests for a few milliseconds, left-pads their prompts into one batch and decodes
-greedily with a KV cache; PEFT's per-row `adapter_names=[...]` (with `BASE` for the base) lets rows of different
-adapters share every forward. Each row's tokens are handed to its request as they come; finished rows leave
+greedily with a KV cache; rows of different adapters (`BASE` for the base) share every forward, computed as one
+batched multi-LoRA forward over the adapters' stacked weights (`pipeline.serve.multi_lora`), or by PEFT's per-row
+`adapter_names=[...]` for adapters the stack cannot run. Each row's tokens are handed to its request as they come; finished rows leave
 the batch and requests that arrive meanwhile join it between steps (continuous batching: their KV cache is
 left-padded and stacked onto the running one). Adapters are added and deleted between forwards, under the
 same lock.
@@ -27,12 +28,10 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from pipeline.base_model import UnsafeFormatError
+from pipeline.serve.multi_lora import BASE, MultiLora
 from pipeline.train.modeling import ADAPTER_WEIGHTS
 
 log = logging.getLogger(__name__)
-
-# PEFT's name for "no adapter" in a mixed batch.
-BASE = "__base__"
 
 
 @dataclass
@@ -127,6 +126,7 @@ class BatchEngine:
         *,
         max_batch: int = 32,
         batch_wait_s: float = 0.005,
+        multi_lora: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: a batch holds at least one request")
@@ -138,6 +138,9 @@ class BatchEngine:
         self.device = next(base.parameters()).device
         self.lock = threading.Lock()  # held for each forward and each adapter add/delete
         self.dora: set[str] = set()  # DoRA adapters: PEFT cannot mix them, so each decodes in its own batch
+        self.multi_lora = multi_lora  # mixed batches as one batched forward (False: PEFT's adapter_names)
+        self._stacks: MultiLora | None = None  # the adapters' stacked weights, rebuilt on every add/delete
+        self._fallbacks: set[str] = set()  # reasons already logged for mixed batches run by PEFT
         self.max_positions = int(getattr(base.config, "max_position_embeddings", 0) or 0)
         # transformers renamed `past_key_values` to `cache` (5.25); pass the cache under the name this one takes.
         self._cache_kw = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
@@ -159,6 +162,7 @@ class BatchEngine:
                 except BaseException:
                     if name in self.model.peft_config:  # a half-injected adapter must not stay behind
                         self.model.delete_adapter(name)
+                    self._restack()
                     raise
             else:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), adapter_name=name)
@@ -166,6 +170,7 @@ class BatchEngine:
             self.model.eval()
             if getattr(self.model.peft_config[name], "use_dora", False):
                 self.dora.add(name)
+            self._restack()
 
     def delete_adapter(self, name: str) -> None:
         """Free an adapter's weights; the caller makes sure no queued or running request uses it."""
@@ -173,6 +178,16 @@ class BatchEngine:
             assert isinstance(self.model, PeftModel) and len(self.model.peft_config) > 1, "keep one adapter loaded"
             self.model.delete_adapter(name)
             self.dora.discard(name)
+            self._restack()
+
+    def _restack(self) -> None:
+        """Re-stack the adapters for batched mixed forwards (under the lock, after every add/delete)."""
+        if not self.multi_lora or not isinstance(self.model, PeftModel):
+            return
+        if self._stacks is None:
+            self._stacks = MultiLora(self.model)
+        else:
+            self._stacks.rebuild()
 
     def adapters(self) -> list[str]:
         return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
@@ -331,9 +346,10 @@ class BatchEngine:
     ) -> torch.Tensor:
         """Logits of each row's last position, (B, V); rows use their own adapter.
 
-        Rows of several adapters go through PEFT's mixed-batch path (`adapter_names`); a batch of one adapter
-        runs it as the active adapter, and a batch of the base alone with the adapters disabled, which skips
-        the mixed path's per-adapter gathers (and is the only way a DoRA adapter runs)."""
+        Rows of several adapters run as one batched forward over the stacked adapters (`MultiLora`), or
+        through PEFT's mixed-batch path (`adapter_names`) when an adapter cannot be stacked; a batch of one
+        adapter runs it as the active adapter, and a batch of the base alone with the adapters disabled (the
+        only ways a DoRA adapter runs)."""
         inputs: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": mask,
@@ -355,6 +371,12 @@ class BatchEngine:
                 if self.model.active_adapter != name:
                     self.model.set_adapter(name, inference_mode=True)
                 out = self.model(**inputs)
+            elif self._stacks is not None and self._stacks.supports(unique):
+                with self._stacks.rows(adapters, self.device):
+                    out = self.model(**inputs)
             else:
+                if self._stacks is not None and (why := self._stacks.why_not(unique)) not in self._fallbacks:
+                    self._fallbacks.add(why)
+                    log.info("mixed batch through PEFT's per-adapter path: %s", why)
                 out = self.model(**inputs, adapter_names=adapters)
         return out.logits[:, -1, :].float()
