@@ -284,6 +284,9 @@ def markdown(result: dict) -> str:
         f"{a['requests']} concurrent requests x {a['new_tokens']} new tokens (EOS ignored), best of {a['repeats']} "
         "interleaved runs. Every configuration runs through `BatchEngine`, the server's engine.",
         "",
+        f"Run: `.venv/bin/python bench/serve_bench.py --bases {a['bases']} --requests {a['requests']} "
+        f"--new-tokens {a['new_tokens']} --repeats {a['repeats']} --threads {a['threads']}`",
+        "",
         "| base | configuration | before: PEFT `adapter_names` tokens/s | vs merged | after: batched multi-LoRA "
         "tokens/s | vs merged | goal |",
         "|---|---|---|---|---|---|---|",
@@ -301,12 +304,15 @@ def markdown(result: dict) -> str:
             )
     lines += [
         "",
-        f"Load average (1, 5, 15 min) at the start: {result['load_before']}, at the end: {result['load_after']}.",
+        "A batch of one adapter runs the same PEFT path on both engines, so the gap between its two columns is the",
+        "run-to-run noise of this shared machine. Load average (1, 5, 15 min) at the start: "
+        f"{result['load_before']}, at the end: {result['load_after']}.",
     ]
     lines += [
         "",
-        "Memory per extra adapter (parameters `load_adapter` adds; the process RSS growth is shown too, but at these",
-        "sizes the allocator reuses memory freed while loading, so it understates):",
+        "Memory per extra adapter (parameters `load_adapter` adds, which are views into the batched forward's stacks,",
+        "so the stacks hold no second copy; the process RSS growth is shown too, but at these sizes the allocator",
+        "reuses memory freed while loading, so it understates):",
         "",
         "| base | safetensors / adapter | parameters added | RSS growth | goal |",
         "|---|---|---|---|---|",
@@ -349,7 +355,9 @@ def main() -> None:
         help="where the demo base is built once and reused (pipeline/demo/demo_base.py build_demo_base)",
     )
     p.add_argument("--swaps", type=int, default=4, help="alias moves timed")
-    p.add_argument("--threads", type=int, default=2)
+    # One intra-op thread: on the shared 2-core machine (load 4-5) two threads ran the demo base ~10x slower
+    # (merged: 272 vs 2878 tokens/s measured back to back), as pipeline/demo/demo_base.py found for training.
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
