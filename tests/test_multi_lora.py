@@ -3,19 +3,26 @@
 A small random Llama in memory with three LoRA adapters of different ranks, scalings and target modules; a
 batch mixing them with a base-only row must give each row the logits PEFT gives it alone (fp32, atol 1e-5),
 also after adapters are added to and deleted from the stacks. Adapters the stack cannot run (DoRA, other
-layer types) are reported and left to PEFT's path.
+layer types) are reported and left to PEFT's path. Through the serving engine, mixed batches decode the same
+greedy tokens through the stacks, through PEFT's path and one request at a time.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pipeline.chat_format import load_tokenizer
+from pipeline.demo.tiny_model import build_tiny_model
+from pipeline.serve.engine import BatchEngine, Generation
 from pipeline.serve.multi_lora import BASE, MultiLora
+from pipeline.train.modeling import load_base_model
 
 ADAPTERS = {  # name -> (rank, alpha, target modules)
     "alpha": (2, 4.0, ["q_proj", "v_proj"]),
@@ -154,3 +161,82 @@ def test_dora_and_other_layer_types_fall_back_to_peft(model: PeftModel, caplog: 
     stacks.rebuild()
     assert stacks.blocker == "adapter layers the stack cannot run: Embedding"
     assert not stacks.supports(["alpha", "gamma"])
+
+
+# The engine: mixed batches decode the same tokens through the stacks as through PEFT and one at a time. -----
+
+
+def _save_adapter(base_dir: Path, out: Path, config: LoraConfig, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = get_peft_model(load_base_model(str(base_dir), torch.device("cpu")), config)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if "lora_B" in key:
+                p.mul_(0.5)
+    model.save_pretrained(out)
+    return out
+
+
+def _decode(engine: BatchEngine, ids: list[list[int]], adapters: list[str]) -> list[list[int]]:
+    gens = [
+        Generation(x, a, 6, lambda _: None, lambda *_: None, lambda e: None, stop_at_eos=False)
+        for x, a in zip(ids, adapters, strict=True)
+    ]
+    engine.generate(gens)
+    return [g.new_ids for g in gens]
+
+
+@pytest.mark.filterwarnings("ignore:`lora_bias=True`:UserWarning", "ignore:.*invalid shape:UserWarning")
+def test_engine_mixed_batches_decode_as_peft_and_one_at_a_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_dir = build_tiny_model(tmp_path / "base", pretrain_steps=1, seed=0)
+    tok = load_tokenizer(str(base_dir))
+    dirs = {
+        name: _save_adapter(base_dir, tmp_path / name, _config(*spec), seed)
+        for seed, (name, spec) in enumerate(ADAPTERS.items())
+    }
+    dirs["bias"] = _save_adapter(base_dir, tmp_path / "bias", _config(4, 8.0, ["q_proj"], lora_bias=True), 9)
+    engines = {
+        stacked: BatchEngine(load_base_model(str(base_dir), torch.device("cpu")), tok, multi_lora=stacked)
+        for stacked in (True, False)
+    }
+    for engine in engines.values():
+        for name, d in dirs.items():
+            engine.add_adapter(name, d)
+    batched = []
+    monkeypatch.setattr(MultiLora, "rows", _counting(MultiLora.rows, batched))
+    prompts = ["hi", "Write a haiku about tea", "When does the first ferry leave on Sunday?", "ok", "tea"]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    try:
+        adapters = ["alpha", "beta", BASE, "gamma", "alpha"]
+        got = _decode(engines[True], ids, adapters)
+        assert len(batched) == 6  # prefill + 5 decoding steps, all through the stacks
+        assert got == _decode(engines[False], ids, adapters)
+        assert got == [_decode(engines[True], [x], [a])[0] for x, a in zip(ids, adapters, strict=True)]
+        assert len({tuple(t) for t in got}) > 2  # the adapters answer differently
+
+        with caplog.at_level(logging.INFO, logger="pipeline.serve.engine"):
+            adapters = ["bias", "alpha", BASE, "gamma", "beta"]  # an adapter the stacks cannot run: PEFT's path
+            batched.clear()
+            assert _decode(engines[True], ids, adapters) == _decode(engines[False], ids, adapters)
+        assert not batched
+        assert "mixed batch through PEFT's per-adapter path: bias: a LoRA bias (lora_bias)" in caplog.text
+
+        for engine in engines.values():  # evicted: the others keep their answers
+            engine.delete_adapter("beta")
+        adapters = ["gamma", "alpha", BASE, "gamma", "alpha"]
+        batched.clear()
+        got = _decode(engines[True], ids, adapters)
+        assert batched and got == _decode(engines[False], ids, adapters)
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+
+def _counting(rows: Any, calls: list[int]) -> Any:
+    def counted(self: MultiLora, adapters: list[str], device: torch.device) -> Any:
+        calls.append(len(adapters))
+        return rows(self, adapters, device)
+
+    return counted
