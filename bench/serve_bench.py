@@ -184,8 +184,11 @@ def memory(base_dir: Path, adapters: list[Path]) -> dict[str, float]:
     }
 
 
-def hot_swap(base_dir: Path, adapters: list[Path], work: Path, repeats: int) -> dict[str, float | list[float]]:
-    """Seconds from an alias move to the first answer by the new version, through real servers."""
+def hot_swap(
+    base_dir: Path, adapters: list[Path], work: Path, repeats: int, threads: int
+) -> dict[str, float | list[float]]:
+    """Seconds from an alias move to the first answer by the new version, through real servers (the server with
+    `threads` intra-op threads, as the throughput runs)."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.serve.adapter_source import resolve_adapter
@@ -222,7 +225,7 @@ def hot_swap(base_dir: Path, adapters: list[Path], work: Path, repeats: int) -> 
         serve = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(sport), "--base-model", str(base_dir),
              "--device", "cpu", "--poll-s", "0.25", "--preload", "bench@champion"],
-            env={**os.environ, "MLFLOW_TRACKING_URI": url}, cwd=ROOT,
+            env={**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": str(threads)}, cwd=ROOT,
             stdout=(work / "serve.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         surl = f"http://127.0.0.1:{sport}"
@@ -326,8 +329,8 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        f"Hot-swap on the {result['bases'][0]['base']} base, real `mlflow server` + `lora-pipeline serve "
-        f"--poll-s {h['poll_s']}` (alias move -> first answer by the new version, client polling every 20 ms): "
+        f"Hot-swap on the {result['bases'][0]['base']} base, real `mlflow server` + `OMP_NUM_THREADS={a['threads']} "
+        f"lora-pipeline serve --poll-s {h['poll_s']}` (alias move -> first answer by the new version, client polling every 20 ms): "
         f"max {h['max_seconds']:.2f} s over {len(h['seconds'])} moves ({', '.join(f'{s:.2f}' for s in h['seconds'])}); "
         f"goal <= 2 s. Server side, the alias switched {', '.join(f'{s:.2f}' for s in h['alias_seen_after_s'])} s "
         f"after the move; the first load of a version (download + checks + load_adapter) took "
@@ -380,7 +383,7 @@ def main() -> None:
                 }
             )
             if hot is None:
-                hot = hot_swap(base_dir, adapters, work / spec, args.swaps)
+                hot = hot_swap(base_dir, adapters, work / spec, args.swaps, args.threads)
         result = {
             "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores, shared), {args.threads} torch threads, "
             f"torch {torch.__version__}",
