@@ -60,7 +60,7 @@ def claim_lines(metrics: dict[str, float], demo: dict[str, float]) -> list[str]:
         ),
         line(
             n > 0 and fa >= 0.5,
-            f"held-out fare/route/timetable questions answered with the right fact: base {fb:.0%}, adapter {fa:.0%} "
+            f"held-out fare/time questions answered with the right fact: base {fb:.0%}, adapter {fa:.0%} "
             f"of {n} (bar: half)",
         ),
         line(
