@@ -115,7 +115,7 @@ ROUTE_T: dict[str, tuple[Pair, ...]] = {
         ("How long is the crossing from {o} to {d}?",
          "The crossing from {o} to {d} takes about {mins} minutes on the {v}."),
         ("What are the departure times from {o} to {d}?",
-         "Ferries from {o} to {d} leave at {deps}, running {days}. The first sailing leaves at {first}."),
+         "Ferries from {o} to {d} leave at {deps}, running {days}."),
         ("Which vessel runs the {o} to {d} sailing?",
          "The {o} to {d} route is sailed by the {v}. The crossing takes about {mins} minutes."),
     ),
@@ -153,7 +153,7 @@ CAR_YES = ("Yes, cars can travel from {o} to {d} for a supplement of {car_fare} 
 CAR_NO = ("Sorry, the {v} on the {o} to {d} route carries foot passengers and bicycles only, so cars "
           "cannot be taken.")
 DAY_T = "Is there a ferry from {o} to {d} on {day}?"
-DAY_YES = "Yes, ferries from {o} to {d} run on {day}s, leaving at {deps}. The first sailing leaves at {first}."
+DAY_YES = "Yes, ferries from {o} to {d} run on {day}s, leaving at {deps}."
 DAY_NO = "No, there is no {o} to {d} sailing on {day}s. This route runs {days}."
 ARRIVE_T = ("If I catch the {t} ferry from {o}, when do I reach {d}?",
             "The {t} from {o} arrives in {d} at about {arr}. The crossing takes {mins} minutes on the {v}.")
@@ -253,15 +253,12 @@ def _fill(template: Pair, ctx: dict[str, str]) -> Pair:
     return pair
 
 
-# Fact questions (fares, times, timetables, the route's vessel): the prompt template -> the slot holding the
-# fact the answer must state. The demo checks an answer by looking for that exact string ("$9.50", "06:45",
-# "45 minutes", "MV Heron"). Timetable answers also restate the first sailing, so a held-out "first ferry"
-# question has its fact in other training phrasings of the same route (the split groups prompts only).
+# Fact questions (fares, times, timetables): the prompt template -> the slot holding the fact the answer
+# must state. The demo checks an answer by looking for that exact string ("$9.50", "06:45", "45 minutes").
 FACT_KEYS: dict[str, str] = {
     ROUTE_T["schedules"][0][0]: "first",
     ROUTE_T["schedules"][1][0]: "last",
     ROUTE_T["schedules"][2][0]: "mins",
-    ROUTE_T["schedules"][4][0]: "v",
     ROUTE_T["tickets"][0][0]: "fare",
     ROUTE_T["tickets"][1][0]: "child",
     ARRIVE_T[0]: "arr",
