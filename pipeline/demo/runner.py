@@ -89,9 +89,14 @@ def _credentials(path: Path) -> dict[str, str]:
 
 
 def promotion_summary(
-    tracking_uri: str, model_name: str, metrics: dict[str, float], registered_version: str | None
+    tracking_uri: str,
+    model_name: str,
+    metrics: dict[str, float],
+    registered_version: str | None,
+    adapter_dir: str | None = None,
 ) -> str:
-    """What the gate decided and where the registry's adapters are now (model name, version, alias)."""
+    """What the gate decided and where the registry's adapters are now (model name, version, alias); when the
+    gate refused the adapter, how to talk to it anyway (`adapter_dir`)."""
     failed = sorted(
         k[len("gate_") : -len("_passed")]
         for k, v in metrics.items()
@@ -116,6 +121,11 @@ def promotion_summary(
                 f"  this run's held-out loss {metrics['task_loss_adapter']:.4f} does not beat the champion's "
                 f"{metrics['champion_task_loss']:.4f} on the same split (a re-run on unchanged data trains the "
                 "same adapter, and a tie is not an improvement)"
+            )
+        if adapter_dir is not None:
+            chat = Path(sys.executable).parent / "lora-pipeline"
+            lines.append(
+                f"  talk to this run's adapter anyway:  {chat} chat --adapter {adapter_dir} [--prompt '...'] [--base]"
             )
     holders = {alias: get_alias(tracking_uri, model_name, alias) for alias in (CHAMPION, CANDIDATE)}
     for alias, holder in holders.items():
@@ -204,7 +214,11 @@ def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> di
         "gate_passed": outcome.gate_passed,
         "registered_version": outcome.registered_version,
         "promotion": promotion_summary(
-            tracking_uri, config.gate.registered_model, outcome.metrics, outcome.registered_version
+            tracking_uri,
+            config.gate.registered_model,
+            outcome.metrics,
+            outcome.registered_version,
+            adapter_dir=outcome.adapter_dir,
         ),
         "tracking_uri": tracking_uri,
         "mlflow_ui": f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking_uri}",
