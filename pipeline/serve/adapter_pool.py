@@ -20,13 +20,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.serve.adapter_source import AdapterSource, resolve_adapter
-from pipeline.serve.engine import BASE, BatchEngine
+from pipeline.serve.multi_lora import BASE
 from pipeline.track.store import tracking_client
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ class AdapterRefused(ValueError):
 
 @dataclass
 class Loaded:
-    """An adapter version in the engine: its PEFT name, how many requests hold it, when it was last used."""
+    """An adapter version in the engine: its name there (`peft_name`: the PEFT adapter name, or vLLM's lora name
+    NAME/VERSION), how many requests hold it, when it was last used."""
 
     name: str
     version: int
@@ -120,22 +121,37 @@ def check_servable(
         raise AdapterRefused(f"{what}: cannot be served by --engine {engine}: {limits[engine]}")
 
 
+class AdapterEngine(Protocol):
+    """What the pool drives: the torch `BatchEngine`, or `VllmEngine` (vLLM's runtime LoRA API)."""
+
+    def add_adapter(self, name: str, adapter_dir: Path) -> None: ...
+
+    def delete_adapter(self, name: str) -> None: ...
+
+
 class AdapterPool:
-    """Resolves request model names to loaded adapter versions, following registry aliases."""
+    """Resolves request model names to loaded adapter versions, following registry aliases.
+
+    With `engine_kind="vllm"` adapters are named `NAME/VERSION` in the engine (vLLM's lora names), are checked
+    for what vLLM can run, and a version an alias moved away from is unloaded as soon as no request holds it.
+    """
 
     def __init__(
         self,
-        engine: BatchEngine,
+        engine: AdapterEngine,
         served_fingerprint: dict[str, Any],
         *,
         tracking_uri: str | None,
         work_dir: Path,
         max_adapters: int = 8,
         poll_s: float = 5.0,
+        engine_kind: Literal["torch", "vllm"] = "torch",
     ) -> None:
         if max_adapters < 1:
             raise ValueError(f"--max-adapters={max_adapters}: keep at least one adapter loaded")
         self.engine = engine
+        self.engine_kind = engine_kind
+        self.replaced: set[tuple[str, int]] = set()  # vllm: versions an alias left, unloaded once idle
         self.served = served_fingerprint
         self.tracking_uri = tracking_uri
         self.work_dir = work_dir
@@ -209,6 +225,7 @@ class AdapterPool:
         """The loaded version (downloaded, checked and loaded now if needed); `hold` takes a reference on it
         in the same locked step that finds or adds it, so that eviction cannot free it in between."""
         with self._lock:
+            self.replaced.discard(key)  # asked for again (by version): it stays, subject to LRU only
             if key in self.loaded:
                 return self._touch(self.loaded[key], hold)
         with self._load_lock:
@@ -245,11 +262,11 @@ class AdapterPool:
     def _load(self, key: tuple[str, int], source: AdapterSource, dest: Path, hold: bool) -> Loaded:
         name, version = key
         what = f"{name}/{version}"
-        check_servable(source.adapter_dir, source.base_fingerprint, self.served, what)
-        adapter = peft_name(name, version)
+        check_servable(source.adapter_dir, source.base_fingerprint, self.served, what, self.engine_kind)
+        adapter = what if self.engine_kind == "vllm" else peft_name(name, version)
         try:
             self.engine.add_adapter(adapter, source.adapter_dir)
-        except (ValueError, KeyError, RuntimeError) as e:  # PEFT: target modules or shapes that do not fit
+        except (ValueError, KeyError, RuntimeError) as e:  # PEFT / vLLM: modules or shapes that do not fit
             raise AdapterRefused(f"{what}: does not load onto the served base: {e}") from e
         size = sum(p.stat().st_size for p in source.adapter_dir.glob("*.safetensors"))
         loaded = Loaded(
@@ -265,19 +282,25 @@ class AdapterPool:
         self._evict()
 
     def _evict(self) -> None:
-        """Delete least-recently-used idle adapters while more than `max_adapters` are loaded."""
+        """Delete idle versions an alias moved away from (vllm), then least-recently-used idle adapters while more
+        than `max_adapters` are loaded."""
         while True:
             with self._lock:
-                if len(self.loaded) <= self.max_adapters:
-                    return
                 idle = [a for a in self.loaded.values() if a.refs == 0]
-                if not idle:
+                retired = [a for a in idle if (a.name, a.version) in self.replaced]
+                if retired:
+                    victim, kind = retired[0], "unloaded"
+                    self.replaced.discard((victim.name, victim.version))
+                elif len(self.loaded) <= self.max_adapters:
+                    return
+                elif not idle:
                     return  # all in use: over budget until some finish
-                victim = min(idle, key=lambda a: a.last_used)
+                else:
+                    victim, kind = min(idle, key=lambda a: a.last_used), "evicted"
                 del self.loaded[(victim.name, victim.version)]
             self.engine.delete_adapter(victim.peft_name)
             shutil.rmtree(victim.download_dir, ignore_errors=True)
-            self._event("evicted", victim.name, victim.version)
+            self._event(kind, victim.name, victim.version)
 
     # following aliases --------------------------------------------------------------------------------------
 
@@ -301,8 +324,11 @@ class AdapterPool:
                 log.error("%s@%s moved to version %d, which is refused: %s", name, alias, version, e)
             with self._lock:
                 self.aliases[(name, alias)] = version
+                if self.engine_kind == "vllm" and current not in {v for (n, _), v in self.aliases.items() if n == name}:
+                    self.replaced.add((name, current))
             self._event("alias", name, version, alias=alias, previous=current)
             log.info("%s@%s now serves version %d (was %d)", name, alias, version, current)
+            self._evict()
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -33,8 +33,23 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--engine",
         default="torch",
         choices=["torch", "vllm"],
-        help="torch: PyTorch/PEFT mixed-adapter batches (CPU or GPU); vllm: not implemented yet (see docs/serving.md)",
+        help="torch: PyTorch/PEFT mixed-adapter batches (CPU or GPU); vllm: vLLM's OpenAI server with runtime LoRA "
+        "loading behind this one (needs the vllm package and a CUDA GPU; docs/serving.md)",
     )
+    p.add_argument(
+        "--vllm-url",
+        help="vllm: attach to a vLLM server already running at this URL (started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, on this machine's filesystem) instead of starting one",
+    )
+    p.add_argument("--max-lora-rank", type=int, default=16, help="vllm: the largest adapter rank served (default 16)")
+    p.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="vllm: one more argument for vLLM's server, e.g. --vllm-arg=--gpu-memory-utilization=0.8 (repeatable)",
+    )
+    p.add_argument("--vllm-startup-s", type=float, default=900.0, help="vllm: how long to wait for its /health")
     p.add_argument("--work-dir", type=Path, help="where adapters are downloaded (default: a temporary directory)")
     p.add_argument("--config", help="YAML config (registered model name; model: loading permissions)")
 
@@ -46,11 +61,12 @@ def serve_from_args(args: argparse.Namespace) -> int:
     from pipeline.serve.server import ServeOptions, serve
     from pipeline.track.registry import CHAMPION, get_alias
 
-    if args.engine == "vllm":
-        raise ValueError(
-            "--engine vllm is not implemented in this version; use --engine torch (the default), "
-            "or run vLLM yourself with --enable-lora on the adapter files (docs/serving.md)"
-        )
+    if args.engine == "vllm" and args.vllm_url is None:
+        from pipeline.serve.vllm_engine import check_vllm_available
+
+        check_vllm_available()  # one line naming what is missing, before anything loads
+    if args.engine != "vllm" and (args.vllm_url or args.vllm_arg):
+        raise ValueError("--vllm-url and --vllm-arg are for --engine vllm; add it, or leave them out")
     config = load_config(args.config)
     tracking_uri = Settings().mlflow_tracking_uri
     preload = list(args.preload)
@@ -77,6 +93,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
             batch_wait_ms=args.batch_wait_ms,
             preload=tuple(preload),
             loading=config.model,
+            engine=args.engine,
+            vllm_url=args.vllm_url,
+            max_lora_rank=args.max_lora_rank,
+            vllm_args=tuple(args.vllm_arg),
+            vllm_startup_s=args.vllm_startup_s,
         )
         print(f"serving base {base_model} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
         return serve(opts)

@@ -5,6 +5,8 @@ server-sent events, `data: {...}` chunks then `data: [DONE]`), `GET /health`. Th
 `NAME@ALIAS` or `NAME/VERSION`; the version that answered is in the `X-Lora-Model` response header. Decoding
 is greedy with the training chat template, so answers equal `lora-pipeline chat`'s; a completion's `prompt` is
 one user turn of that template too. Errors are OpenAI-shaped: `{"error": {"message", "type", "code"}}`.
+With `--engine vllm` the same routes, names and pool front vLLM's server (`vllm_engine`): a request is checked
+here, then forwarded to vLLM with `model` replaced by the leased version's lora name.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -24,11 +28,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from transformers import AutoConfig
 
 from pipeline.chat_format import chat_template, load_tokenizer
 from pipeline.config import SAFE_LOADING, ModelConfig
 from pipeline.serve.adapter_pool import AdapterPool, AdapterRefused, Lease, RegistryUnavailable, UnknownModel
 from pipeline.serve.engine import BatchEngine, Generation
+from pipeline.serve.vllm_engine import (
+    VllmEngine,
+    check_vllm_available,
+    forward,
+    free_port,
+    launch_vllm,
+    stop_vllm,
+    vllm_command,
+)
 from pipeline.train.modeling import fingerprint_base, load_base_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -50,6 +64,11 @@ class ServeOptions:
     batch_wait_ms: float = 5.0
     preload: tuple[str, ...] = ()
     loading: ModelConfig = SAFE_LOADING
+    engine: Literal["torch", "vllm"] = "torch"
+    vllm_url: str | None = None  # vllm: attach to this running server instead of starting one
+    max_lora_rank: int = 16  # vllm: --max-lora-rank (its LoRA buffers are sized for it)
+    vllm_args: tuple[str, ...] = ()  # vllm: more arguments for its server
+    vllm_startup_s: float = 900.0
 
 
 class Message(BaseModel):
@@ -85,11 +104,13 @@ class ServeError(Exception):
 class Server:
     """The model, tokenizer, engine and adapter pool behind the routes."""
 
-    engine: BatchEngine
+    engine: BatchEngine | VllmEngine
     pool: AdapterPool
 
     @classmethod
     def start(cls, opts: ServeOptions) -> Server:
+        if opts.engine == "vllm":
+            return cls._start_vllm(opts)
         device = resolve_device(opts.device)
         tokenizer = load_tokenizer(opts.base_model, trust_remote_code=opts.loading.trust_remote_code)
         base = load_base_model(opts.base_model, device, loading=opts.loading)
@@ -106,6 +127,53 @@ class Server:
         server = cls(engine, pool)
         for model in opts.preload:
             pool.acquire(model).release()
+        return server
+
+    @classmethod
+    def _start_vllm(cls, opts: ServeOptions) -> Server:
+        """vLLM (started here, or the one at `vllm_url`) with the pool driving its runtime LoRA API."""
+        if opts.vllm_url is None:
+            check_vllm_available()  # before loading anything
+        tokenizer = load_tokenizer(opts.base_model, trust_remote_code=opts.loading.trust_remote_code)
+        # The fingerprint needs the base's config (hub revision) and files, not its weights in this process.
+        config = AutoConfig.from_pretrained(opts.base_model, trust_remote_code=opts.loading.trust_remote_code)
+        served = asdict(fingerprint_base(opts.base_model, SimpleNamespace(config=config), tokenizer))  # type: ignore[arg-type]
+        process = None
+        url = opts.vllm_url
+        if url is None:
+            port = free_port()
+            cmd = vllm_command(
+                opts.base_model,
+                port=port,
+                max_loras=opts.max_adapters,
+                max_lora_rank=opts.max_lora_rank,
+                extra_args=opts.vllm_args,
+            )
+            print(f"starting vLLM: {' '.join(cmd)}", file=sys.stderr, flush=True)
+            process = launch_vllm(cmd, opts.work_dir / "vllm.log", timeout_s=opts.vllm_startup_s)
+            url = f"http://127.0.0.1:{port}"
+        try:
+            engine = VllmEngine(url, opts.base_model, tokenizer, max_lora_rank=opts.max_lora_rank, process=process)
+        except BaseException:
+            if process is not None:
+                stop_vllm(process)
+            raise
+        pool = AdapterPool(
+            engine,
+            served,
+            tracking_uri=opts.tracking_uri,
+            work_dir=opts.work_dir,
+            max_adapters=opts.max_adapters,
+            poll_s=opts.poll_s,
+            engine_kind="vllm",
+        )
+        server = cls(engine, pool)
+        try:
+            for model in opts.preload:
+                pool.acquire(model).release()
+        except BaseException:
+            server.close()
+            raise
         return server
 
     def close(self) -> None:
@@ -219,15 +287,29 @@ def create_app(server: Server) -> FastAPI:
     async def chat(req: ChatRequest) -> JSONResponse | StreamingResponse:
         _check_sampling(req)
         ids = server.prompt_ids(req.messages)
+        if isinstance(server.engine, VllmEngine):
+            body = {"messages": [m.model_dump() for m in req.messages], "max_tokens": req.max_tokens}
+            return await _forward(server, server.engine, req, "/v1/chat/completions", body, chat=True)
         return await _respond(server, req, ids, chat=True)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest) -> JSONResponse | StreamingResponse:
         _check_sampling(req)
         ids = server.prompt_ids([Message(role="user", content=req.prompt)])
+        if isinstance(server.engine, VllmEngine):  # the prompt as one user turn, as token ids
+            body = {"prompt": ids, "max_tokens": req.max_tokens}
+            return await _forward(server, server.engine, req, "/v1/completions", body, chat=False)
         return await _respond(server, req, ids, chat=False)
 
     return app
+
+
+async def _forward(
+    server: Server, engine: VllmEngine, req: _Sampling, path: str, body: dict[str, Any], *, chat: bool
+) -> JSONResponse | StreamingResponse:
+    lease = await _lease(server, req.model)
+    upstream = engine.request_body(lease, {**body, "stream": req.stream}, chat=chat)
+    return await forward(engine, lease, path, upstream, requested=req.model)
 
 
 async def _respond(server: Server, req: _Sampling, ids: list[int], *, chat: bool) -> JSONResponse | StreamingResponse:
