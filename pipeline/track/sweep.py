@@ -150,21 +150,6 @@ def _dataset_inputs(snapshot: Snapshot) -> list[Any]:
     return [_create_dataset_input(ds, context, None) for ds, context in tracking.snapshot_inputs(snapshot)]
 
 
-def _train_metrics(result: TrainResult) -> dict[str, float]:
-    # The same names the train flow logs (flows/train_tasks.py), so a child compares with any training run.
-    return {
-        "eval_loss": result.eval_loss,
-        "train_loss_final": result.final_loss,
-        "train_steps": result.steps,
-        "train_wall_time_s": result.wall_time_s,
-        "trainable_params": result.trainable_params,
-        "trainable_share": result.trainable_share,
-        "train_tokens_per_s": result.tokens_per_s,
-        "train_peak_memory_bytes": result.peak_memory_bytes,
-        "adapter_bytes": result.adapter_bytes,
-    }
-
-
 def point_of(spec: ChildSpec, run_id: str, result: TrainResult, assessment: Assessment) -> SweepPoint:
     """What the trade-off needs from a finished child: task gain with its interval, ROUGE-L delta, forgetting per
     task and against its budget, whether the forgetting rules passed, size and train time."""
@@ -184,14 +169,8 @@ def point_of(spec: ChildSpec, run_id: str, result: TrainResult, assessment: Asse
     rules = [r for r in assessment.verdict.rules if r.name in rule_names]
     gain = assessment.task.improvement
     quality = assessment.task.quality
-    lora = spec.config.lora
     return SweepPoint(
-        label=spec.label,
-        run_id=run_id,
-        rank=lora.r,
-        alpha=lora.alpha,
-        learning_rate=spec.config.train.learning_rate,
-        targets=targets_label(lora.target_modules),
+        **_config_fields(spec, run_id),
         status="FINISHED",
         task_gain=gain.estimate,
         task_gain_low=gain.low,
@@ -214,18 +193,21 @@ def _share(change: float, budget: float) -> float:
     return change / budget if budget > 0 else math.inf
 
 
-def failed_point(spec: ChildSpec, run_id: str, error: str) -> SweepPoint:
+def _config_fields(spec: ChildSpec, run_id: str) -> dict[str, Any]:
+    """What a point says about its child's config, finished or failed."""
     lora = spec.config.lora
-    return SweepPoint(
-        label=spec.label,
-        run_id=run_id,
-        rank=lora.r,
-        alpha=lora.alpha,
-        learning_rate=spec.config.train.learning_rate,
-        targets=targets_label(lora.target_modules),
-        status="FAILED",
-        error=error,
-    )
+    return {
+        "label": spec.label,
+        "run_id": run_id,
+        "rank": lora.r,
+        "alpha": lora.alpha,
+        "learning_rate": spec.config.train.learning_rate,
+        "targets": targets_label(lora.target_modules),
+    }
+
+
+def failed_point(spec: ChildSpec, run_id: str, error: str) -> SweepPoint:
+    return SweepPoint(**_config_fields(spec, run_id), status="FAILED", error=error)
 
 
 def run_child(
@@ -254,7 +236,7 @@ def run_child(
             steps.flush(timeout_s=config.mlflow.outage_patience_s)
         finally:
             steps.close()
-        tracking.log_metrics(uri, run_id, _train_metrics(result))
+        tracking.log_metrics(uri, run_id, result.metrics())  # the train flow's names
         train_df, eval_df = snapshot.split()
         assessment = assess_adapter(config, result.adapter_dir, eval_df, tracking_uri=uri, train_records=train_df)
         point = point_of(spec, run_id, result, assessment)

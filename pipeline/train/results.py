@@ -49,6 +49,20 @@ class TrainResult:
     def trainable_share(self) -> float:
         return self.trainable_params / self.total_params
 
+    def metrics(self) -> dict[str, float]:
+        """The run metrics every training logs (the train flow and each sweep child), under the same names."""
+        return {
+            "eval_loss": self.eval_loss,
+            "train_loss_final": self.final_loss,
+            "train_steps": self.steps,
+            "train_wall_time_s": self.wall_time_s,
+            "trainable_params": self.trainable_params,
+            "trainable_share": self.trainable_share,
+            "train_tokens_per_s": self.tokens_per_s,
+            "train_peak_memory_bytes": self.peak_memory_bytes,
+            "adapter_bytes": self.adapter_bytes,
+        }
+
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON data (the torchrun launcher hands a result back through a file)."""
         data = asdict(self)
