@@ -116,6 +116,17 @@ class Server:
         base = load_base_model(opts.base_model, device, loading=opts.loading)
         served = asdict(fingerprint_base(opts.base_model, base, tokenizer))  # once: adapters compare to it
         engine = BatchEngine(base, tokenizer, max_batch=opts.max_batch, batch_wait_s=opts.batch_wait_ms / 1000)
+        return cls._with_pool(engine, served, opts, "torch")
+
+    @classmethod
+    def _with_pool(
+        cls,
+        engine: BatchEngine | VllmEngine,
+        served: dict[str, Any],
+        opts: ServeOptions,
+        kind: Literal["torch", "vllm"],
+    ) -> Server:
+        """The adapter pool over `engine`, with `opts.preload` loaded; a failed preload closes both."""
         pool = AdapterPool(
             engine,
             served,
@@ -123,10 +134,15 @@ class Server:
             work_dir=opts.work_dir,
             max_adapters=opts.max_adapters,
             poll_s=opts.poll_s,
+            engine_kind=kind,
         )
         server = cls(engine, pool)
-        for model in opts.preload:
-            pool.acquire(model).release()
+        try:
+            for model in opts.preload:
+                pool.acquire(model).release()
+        except BaseException:
+            server.close()
+            raise
         return server
 
     @classmethod
@@ -158,23 +174,7 @@ class Server:
             if process is not None:
                 stop_vllm(process)
             raise
-        pool = AdapterPool(
-            engine,
-            served,
-            tracking_uri=opts.tracking_uri,
-            work_dir=opts.work_dir,
-            max_adapters=opts.max_adapters,
-            poll_s=opts.poll_s,
-            engine_kind="vllm",
-        )
-        server = cls(engine, pool)
-        try:
-            for model in opts.preload:
-                pool.acquire(model).release()
-        except BaseException:
-            server.close()
-            raise
-        return server
+        return cls._with_pool(engine, served, opts, "vllm")
 
     def close(self) -> None:
         self.pool.close()
