@@ -31,6 +31,7 @@ from flows.ingest_tasks import (
 from flows.outcomes import IngestOutcome, TrainOutcome
 from flows.work_dir import default_work_dir
 from pipeline.config import resolve_config
+from pipeline.validate.unchanged import input_fingerprint
 
 
 @flow(name="lora-ingest", log_prints=True)
@@ -47,9 +48,10 @@ def ingest_flow(
     snapshots = str(root / "snapshots")
     fingerprint = check_base_model(config)
     pull = pull_annotations(config, snapshots)
-    snapshot = reuse_unchanged_snapshot(pull, snapshots, config, fingerprint)
+    input_fp = input_fingerprint(pull, config, fingerprint)  # what a snapshot of this pull is made from
+    snapshot = reuse_unchanged_snapshot(snapshots, input_fp)
     if snapshot is None:  # something new: validate, snapshot, tell annotators what to fix
-        prepared = validate_and_snapshot(pull, snapshots, config, fingerprint)
+        prepared = validate_and_snapshot(pull, snapshots, config, input_fp)
         send_annotator_feedback(config, pull, prepared)
         update_disagreements(config, pull, prepared)
         stop_on_validation_errors(prepared)

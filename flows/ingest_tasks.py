@@ -22,7 +22,7 @@ from pipeline.ingest.reconcile import Reconciliation
 from pipeline.track import change_detection
 from pipeline.track.change_detection import TrainDecision
 from pipeline.validate.snapshot import Snapshot
-from pipeline.validate.unchanged import input_fingerprint, mark_feedback_delivered, unchanged_snapshot
+from pipeline.validate.unchanged import mark_feedback_delivered, unchanged_snapshot
 
 if TYPE_CHECKING:
     from pipeline.validate.prepare import PreparedDataset
@@ -42,14 +42,10 @@ def pull_annotations(config: PipelineConfig, snapshots_root: str | None = None, 
 
 
 @task(cache_policy=NO_CACHE)
-def reuse_unchanged_snapshot(
-    pull: Pull, snapshots_root: str, config: PipelineConfig, base_fingerprint: str
-) -> Snapshot | None:
-    """The newest snapshot when this pull brought nothing new (same task store, project, config, base model and
-    code) and its feedback was delivered; None: validate and snapshot this pull."""
-    snapshot = unchanged_snapshot(snapshots_root, input_fingerprint(pull, config, base_fingerprint))
-    if snapshot is not None and snapshot.meta.get("validation_errors"):
-        return None  # validate again: the run stops with the full report, as the first one did
+def reuse_unchanged_snapshot(snapshots_root: str, input_fp: str) -> Snapshot | None:
+    """The newest snapshot when this pull brought nothing new (`input_fp`, pipeline/validate/unchanged.py);
+    None: validate and snapshot this pull."""
+    snapshot = unchanged_snapshot(snapshots_root, input_fp)
     if snapshot is not None:
         get_run_logger().info(
             "nothing new since snapshot %s (%s): reusing it, no validation or feedback to send",
@@ -116,12 +112,12 @@ _ARTIFACT_MAX_ROWS = 1000
 
 @task(cache_policy=NO_CACHE)
 def validate_and_snapshot(
-    pull: Pull, snapshots_root: str, config: PipelineConfig, base_fingerprint: str | None = None
+    pull: Pull, snapshots_root: str, config: PipelineConfig, input_fp: str | None = None
 ) -> PreparedDataset:
     """Validate, reconcile and snapshot; publish the report and the failure table (see stop_on_validation_errors).
 
-    With `base_fingerprint` the snapshot records its input fingerprint, so a later pull with nothing new
-    reuses it (`reuse_unchanged_snapshot`)."""
+    The snapshot records `input_fp` (`input_fingerprint` of this pull), so a later pull with nothing new reuses
+    it (`reuse_unchanged_snapshot`)."""
     import pandas as pd
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -130,9 +126,8 @@ def validate_and_snapshot(
     from pipeline.validate.snapshot import previous_snapshot
     from pipeline.validate.visible_text import visible_preview
 
-    fingerprint = None if base_fingerprint is None else input_fingerprint(pull, config, base_fingerprint)
     prepared = prepare_dataset(
-        pull, snapshots_root, config, previous_snapshot(snapshots_root), input_fingerprint=fingerprint
+        pull, snapshots_root, config, previous_snapshot(snapshots_root), input_fingerprint=input_fp
     )
     logger = get_run_logger()
     logger.info("reconciliation:\n%s", prepared.reconciliation.table())

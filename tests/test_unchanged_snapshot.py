@@ -6,6 +6,7 @@ The end-to-end case (a second ingest run against a real Label Studio reuses the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def _task(task_id: int, prompt: str, response: str, category: str, feedback: str
 
 def _pull(title: str = "reuse-test", edit: int | None = None, feedback: str = "") -> Pull:
     tasks = []
-    for r in make_records(40).itertuples():
+    for r in make_records(60).itertuples():
         response = r.response + (" Thanks." if r.task_id == edit else "")
         tasks.append(_task(int(r.task_id), r.prompt, response, r.category, feedback))
     source = {"kind": "label-studio", "annotation_rule": "latest"}
@@ -109,4 +110,15 @@ def test_a_snapshot_without_a_fingerprint_is_never_reused(tmp_path: Path) -> Non
     prepared = prepare_dataset(pull, tmp_path, config, token_checks=False)
     mark_feedback_delivered(prepared.snapshot.path, {})
     assert prepared.snapshot.meta["input_fingerprint"] is None
+    assert unchanged_snapshot(tmp_path, input_fingerprint(pull, config, BASE)) is None
+
+
+def test_a_snapshot_whose_checks_failed_is_never_reused(tmp_path: Path) -> None:
+    """Its run stopped on a failed `error` check: validating again stops the next run with the full report."""
+    config, pull = PipelineConfig(), _pull()
+    made = _snapshot(tmp_path, pull, config)
+    meta_file = made / "snapshot.json"
+    meta = json.loads(meta_file.read_text())
+    meta["validation_errors"] = ["min_rows_per_category: tickets has 2 rows (< 5)"]
+    meta_file.write_text(json.dumps(meta))
     assert unchanged_snapshot(tmp_path, input_fingerprint(pull, config, BASE)) is None

@@ -82,7 +82,8 @@ def fingerprint_meta(fingerprint: str | None) -> dict[str, Any]:
 
 
 def unchanged_snapshot(snapshots_root: str | Path, fingerprint: str | None) -> Snapshot | None:
-    """The newest snapshot, when it was made from exactly this input and its feedback was delivered; else None."""
+    """The newest snapshot, when it was made from exactly this input, its feedback was delivered and it has no
+    validation errors (validating again stops the run with the full report, as the first run did); else None."""
     if fingerprint is None:
         return None
     newest = latest_snapshot(snapshots_root)
@@ -92,7 +93,7 @@ def unchanged_snapshot(snapshots_root: str | Path, fingerprint: str | None) -> S
         meta = json.loads((newest / "snapshot.json").read_text())
     except (OSError, ValueError):
         return None
-    if meta.get(_FINGERPRINT_KEY) != fingerprint:
+    if meta.get(_FINGERPRINT_KEY) != fingerprint or meta.get("validation_errors"):
         return None
     return load_snapshot(newest)
 
