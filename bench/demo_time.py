@@ -17,17 +17,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = (
-    "task_loss_base",
-    "task_loss_adapter",
+    "task/loss_nats/base",
+    "task/loss_nats/adapter",
     "demo/task_loss_reduction",
-    "task_rouge_l_base",
-    "task_rouge_l_adapter",
+    "task/rouge_l/base",
+    "task/rouge_l/adapter",
     "demo/fact_accuracy_base",
     "demo/fact_accuracy_adapter",
     "demo/fact_questions",
-    "forgetting_mc_acc_base",
+    "forgetting/general_suite_mc/acc_base",
     "demo/general_mc_chance",
-    "gate_passed",
+    "gate/passed",
 )
 
 

@@ -17,7 +17,8 @@ from prefect.runtime import flow_run
 from flows.outcomes import TrainOutcome
 from flows.train_tasks import evaluate, finish_tracking, open_run, promote_adapter, train
 from flows.work_dir import default_work_dir
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, Settings
+from pipeline.track.system_metrics import system_metrics
 from pipeline.track.work_runs import work_key
 from pipeline.train.checkpoint import checkpoint_root
 from pipeline.train.work_lock import exclusive_work
@@ -64,10 +65,12 @@ def train_flow(
         if force and not claim.resumed:
             # A forced retrain of finished work starts from step 0, not from that work's last checkpoint.
             shutil.rmtree(checkpoint_root(work / "adapter"), ignore_errors=True)
+        uri, interval = Settings().mlflow_tracking_uri, cfg.mlflow.system_metrics_interval_s
         try:
-            result = train(cfg, snapshot, claim.run_id, str(work / "adapter"))
-            assessment = evaluate(cfg, result, snapshot, claim.run_id)
-            promotion = promote_adapter(cfg, result, assessment, snapshot, claim.run_id, str(root / "locks"))
+            with system_metrics(uri, claim.run_id, interval_s=interval):
+                result = train(cfg, snapshot, claim.run_id, str(work / "adapter"))
+                assessment = evaluate(cfg, result, snapshot, claim.run_id)
+                promotion = promote_adapter(cfg, result, assessment, snapshot, claim.run_id, str(root / "locks"))
         except BaseException:
             finish_tracking(claim.run_id, "FAILED")
             raise

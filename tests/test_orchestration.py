@@ -285,7 +285,7 @@ def test_sigkill_during_training_then_rerun_resumes_to_the_same_adapter(stack: S
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
-    assert run.data.metrics["train_resumed_from_step"] > 0
+    assert run.data.metrics["train/resumed_from_step"] > 0
 
     snapshot = load_snapshot(params["snapshot_dir"])
     train_df, eval_df = snapshot.split()
@@ -305,4 +305,4 @@ def test_sigkill_during_training_then_rerun_resumes_to_the_same_adapter(stack: S
     want = load_file(reference.adapter_dir / "adapter_model.safetensors")
     assert got.keys() == want.keys()
     assert max(float((got[k].float() - want[k].float()).abs().max()) for k in got) <= 1e-6
-    assert reference.steps == int(run.data.metrics["train_steps"])
+    assert reference.steps == int(run.data.metrics["train/steps"])

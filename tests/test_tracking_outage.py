@@ -46,7 +46,7 @@ def test_metrics_logged_during_an_outage_arrive_when_mlflow_is_back(tmp_path: Pa
         proc = start_mlflow_server(tmp_path, port)
         steps.flush(timeout_s=120)
         steps.close()
-        history = MlflowClient(uri).get_metric_history(run_id, "train_loss")
+        history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
         assert sorted(m.step for m in history) == list(range(1, 251))
         # A synchronous logger would have waited out MLflow's own retries (minutes) on the first call.
         assert logging_while_down_s < 5.0, logging_while_down_s

@@ -183,7 +183,7 @@ def kills_logging(work: Path, n: int, rng: random.Random) -> dict[str, Any]:
                 "run_id": r.info.run_id,
                 "status": r.info.status,
                 "killed_reason": r.data.tags.get(TAG_KILLED_REASON),
-                "steps_arrived": len(client.get_metric_history(r.info.run_id, "train_loss")),
+                "steps_arrived": len(client.get_metric_history(r.info.run_id, "train/loss")),
             }
             for r in runs
         ]

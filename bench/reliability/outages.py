@@ -71,7 +71,13 @@ def outage_mlflow(work: Path, outage_s: float) -> dict[str, Any]:
         flush_s = time.perf_counter() - t
         failures, sent = steps.failures, steps.sent
         steps.close()
-        names = ("train_loss", "learning_rate", "grad_norm", "tokens_per_s", "padding_fraction")
+        names = (
+            "train/loss",
+            "train/learning_rate",
+            "train/grad_norm",
+            "train/step_tokens_per_s",
+            "train/padding_frac",
+        )
         arrived, duplicates = 0, 0
         for name in names:
             history = [m.step for m in client.get_metric_history(run_id, name)]

@@ -16,6 +16,7 @@ from collections import deque
 
 from mlflow.entities import Metric
 
+from pipeline.track.metric_names import sectioned
 from pipeline.track.outage import TrackingUnavailable, outage_message, reachable
 from pipeline.track.store import tracking_client
 from pipeline.train.results import StepLog
@@ -66,7 +67,7 @@ class StepLogger:
             "padding_fraction": log.padding_fraction,
             "eval_loss_step": log.eval_loss,  # NaN (skipped) on steps that did not evaluate
         }
-        metrics = [Metric(k, float(v), now, log.step) for k, v in values.items() if math.isfinite(v)]
+        metrics = [Metric(k, float(v), now, log.step) for k, v in sectioned(values).items() if math.isfinite(v)]
         with self._cond:
             self.dropped += max(0, len(self._buffer) + len(metrics) - self.max_buffered)
             self._buffer.extend(metrics)

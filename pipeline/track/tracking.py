@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import _create_dataset_input
 
 from pipeline.config import PipelineConfig
+from pipeline.track.metric_names import sectioned
 from pipeline.track.store import tracking_client
 from pipeline.validate.hf_dataset import HF_DIR, load_hf_dataset
 from pipeline.validate.snapshot import Snapshot
@@ -135,10 +136,12 @@ def snapshot_inputs(snapshot: Snapshot) -> list[tuple[Any, str]]:
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
-    """Log final metrics (non-finite values are skipped: MLflow stores them poorly)."""
+    """Log final metrics under their sectioned MLflow names (pipeline/track/metric_names.py); non-finite values
+    are skipped: MLflow stores them poorly."""
     now = int(time.time() * 1000)
     tracking_client(tracking_uri).log_batch(
-        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(float(v))]
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in sectioned(metrics).items() if math.isfinite(float(v))],
     )
 
 
