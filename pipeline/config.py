@@ -321,6 +321,9 @@ class MlflowConfig(_Strict):
     # How long the end of training waits for an unreachable MLflow to take the buffered step metrics before
     # the run fails with a one-line message (the adapter stays on disk; a rerun resumes).
     outage_patience_s: float = Field(default=300.0, ge=0)
+    # MLflow's system metrics (CPU, memory, disk, network, GPU) sampled every N seconds into the train run's
+    # `system/` section while it trains and evaluates (None: off).
+    system_metrics_interval_s: float | None = Field(default=10.0, gt=0)
 
 
 class OrchestrationConfig(_Strict):
