@@ -1,14 +1,22 @@
-"""Resolve the configured base model to a fingerprint without loading it: the check that runs before a pull.
+"""Resolve the configured base model to a fingerprint without loading it: the check that runs before a pull;
+and the portable reference to a base that the registry records (`portable_base`) and every loader resolves back
+to something `from_pretrained` opens (`resolve_base`).
 
 A local directory is fingerprinted by its config and weight files (content hashes); a hub id by the
 commit its name resolves to (from the hub, or from the local cache when offline). Anything else is a
 one-line `BaseModelError`, raised before any annotation is pulled or any GPU is asked for.
+
+Portable references (docs/model_store.md): a hub id stays a hub id (its revision is in the fingerprint); a local
+directory inside the model store (`$LORA_PIPELINE_MODEL_STORE`) becomes `model-store:<path relative to the
+store>`; any other local directory stays an absolute path, marked not portable.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 # Weight files that only an unpickler reads (transformers' and PEFT's legacy names).
@@ -23,6 +31,72 @@ class BaseModelError(ValueError):
 
 class UnsafeFormatError(ValueError):
     """Weights that would be unpickled (which can run code) without the config allowing it."""
+
+
+# The declared model store: a directory of local base models, mounted wherever adapters are trained or loaded.
+MODEL_STORE_ENV = "LORA_PIPELINE_MODEL_STORE"
+STORE_PREFIX = "model-store:"
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """How a registry version names its base: `ref` is recorded; `portable` says whether it opens on another machine."""
+
+    ref: str
+    portable: bool
+
+
+def model_store() -> Path | None:
+    """The declared model store (`$LORA_PIPELINE_MODEL_STORE`), or None when none is declared."""
+    value = os.environ.get(MODEL_STORE_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def portable_base(base_model: str, store: Path | None = None) -> BaseRef:
+    """The reference to record for `base_model`: a hub id or `model-store:` reference as is, a local directory
+    inside the model store (`store`, default `$LORA_PIPELINE_MODEL_STORE`) as `model-store:<relative path>`, any
+    other local directory as its absolute path with `portable=False`."""
+    if base_model.startswith(STORE_PREFIX):
+        return BaseRef(base_model, True)
+    local = Path(base_model).expanduser()
+    if not local.is_dir():
+        return BaseRef(base_model, True)  # a hub id (fingerprint_base refuses anything else before training)
+    resolved = local.resolve()
+    store = store if store is not None else model_store()
+    if store is not None and resolved.is_relative_to(store.resolve()) and resolved != store.resolve():
+        return BaseRef(STORE_PREFIX + resolved.relative_to(store.resolve()).as_posix(), True)
+    return BaseRef(str(resolved), False)
+
+
+def resolve_base(ref: str, store: Path | None = None) -> str:
+    """What `from_pretrained` opens for a recorded base reference: `model-store:REL` becomes the directory REL in
+    the model store (`store`, default `$LORA_PIPELINE_MODEL_STORE`); a hub id or a path is returned unchanged.
+    The caller still checks the loaded base against the adapter's fingerprint (a different model at the same
+    relative path is refused there)."""
+    if not ref.startswith(STORE_PREFIX):
+        local = Path(ref)
+        if local.is_absolute() and not local.is_dir():
+            raise BaseModelError(
+                f"base model {ref} is a machine path recorded outside any model store (not portable) and is not "
+                f"on this machine; copy that model into ${MODEL_STORE_ENV} and register the adapter again"
+            )
+        return ref
+    rel = PurePosixPath(ref.removeprefix(STORE_PREFIX))
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts:
+        raise BaseModelError(f"base model {ref!r} is not a path inside the model store (model-store:DIR/...)")
+    store = store if store is not None else model_store()
+    if store is None:
+        raise BaseModelError(
+            f"base model {ref} is relative to the model store, but {MODEL_STORE_ENV} is not set; "
+            "set it to the directory that holds the base models"
+        )
+    path = store.joinpath(*rel.parts)
+    if not (path / "config.json").is_file():
+        raise BaseModelError(
+            f"base model {ref} is not in the model store {MODEL_STORE_ENV}={store} (no model directory {path}); "
+            f"point {MODEL_STORE_ENV} at the store that holds it"
+        )
+    return str(path)
 
 
 def check_weights_format(base_model: str, *, allow_pickle_weights: bool) -> None:

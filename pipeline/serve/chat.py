@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase, TextIteratorStreamer
 
+from pipeline.base_model import resolve_base
 from pipeline.chat_format import load_tokenizer, render
 from pipeline.config import SAFE_LOADING, ModelConfig
 from pipeline.serve.adapter_source import AdapterSource
@@ -35,11 +36,13 @@ class ChatModel:
 def load_chat_model(
     source: AdapterSource, *, base_only: bool = False, device: str = "auto", loading: ModelConfig = SAFE_LOADING
 ) -> ChatModel:
-    """The adapter's base, with the adapter applied unless `base_only`; refuses an adapter of another base."""
+    """The adapter's base (its recorded reference resolved, e.g. in the model store), with the adapter applied unless
+    `base_only`; refuses an adapter of another base, also when another model sits at the base's path."""
     dev = resolve_device(device)  # type: ignore[arg-type]
-    tokenizer = load_tokenizer(source.base_model, trust_remote_code=loading.trust_remote_code)
-    base = load_base_model(source.base_model, dev, loading=loading)
-    check_manifest_matches({"base_model": source.base_fingerprint}, source.base_model, base, tokenizer)
+    base_path = resolve_base(source.base_model)
+    tokenizer = load_tokenizer(base_path, trust_remote_code=loading.trust_remote_code)
+    base = load_base_model(base_path, dev, loading=loading)
+    check_manifest_matches({"base_model": source.base_fingerprint}, base_path, base, tokenizer)
     if base_only:
         return ChatModel(base.eval(), tokenizer, f"base {source.base_model}")
     model = apply_adapter(base, source.adapter_dir).eval()

@@ -56,6 +56,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def serve_from_args(args: argparse.Namespace) -> int:
     """Run the server the parsed flags describe."""
+    from pipeline.base_model import resolve_base
     from pipeline.config import Settings, load_config
     from pipeline.serve.adapter_source import resolve_adapter
     from pipeline.serve.server import ServeOptions, serve
@@ -77,7 +78,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
     base_model = args.base_model
     if base_model is None and has_champion:
         with tempfile.TemporaryDirectory(prefix="lora-serve-") as tmp:
-            base_model = resolve_adapter(f"models:/{champion}", tracking_uri=tracking_uri, dest=tmp).base_model
+            recorded = resolve_adapter(f"models:/{champion}", tracking_uri=tracking_uri, dest=tmp).base_model
+            base_model = resolve_base(recorded)  # a model-store:... reference -> the directory in the model store
     base_model = base_model or config.base_model
     with tempfile.TemporaryDirectory(prefix="lora-serve-") as tmp:
         opts = ServeOptions(

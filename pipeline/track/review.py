@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.base_model import MODEL_STORE_ENV, STORE_PREFIX, portable_base
 from pipeline.evaluate.gate import interval_text, mde_text
 from pipeline.track.store import tracking_client
 
@@ -61,25 +62,46 @@ def champion_table(assessment: Assessment) -> list[str]:
 
 
 def load_snippet(base_model: str, *, run_id: str, model_uri: str | None = None) -> list[str]:
-    """Copy-paste code that loads the adapter on its base (from the registry when registered)."""
+    """Copy-paste code that loads the adapter on its base (from the registry when registered); the base is named
+    by its portable reference, resolved by `resolve_base` where it is relative to the model store."""
+    base = portable_base(base_model)
+    in_store = base.ref.startswith(STORE_PREFIX)
+    # A store-relative base opens wherever $LORA_PIPELINE_MODEL_STORE holds it: resolve_base finds it there.
+    base_expr = f'resolve_base("{base.ref}")' if in_store else f'"{base.ref}"'
+    resolve_import = ["from pipeline.base_model import resolve_base  # model-store:DIR -> $" + MODEL_STORE_ENV + "/DIR"]
+    resolve_import = resolve_import if in_store else []
+    note = (
+        []
+        if base.portable
+        else [f"The base `{base.ref}` is a local directory outside the model store: this loads only where it exists."]
+    )
     if model_uri is not None:
+        load = (
+            f'c = mlflow.transformers.load_model("{model_uri}", return_type="components", base_model_path={base_expr})'
+            if in_store
+            else f'c = mlflow.transformers.load_model("{model_uri}", return_type="components")'
+        )
         return [
             "```python",
             "import mlflow",
-            f'c = mlflow.transformers.load_model("{model_uri}", return_type="components")',
+            *resolve_import,
+            load,
             'model, tokenizer = c["model"], c["tokenizer"]  # a PeftModel on its base',
             "```",
-            f"or talk to it: `lora-pipeline chat {model_uri}`",
+            f"or talk to it: `lora-pipeline chat --adapter {model_uri}`",
+            *note,
         ]
     return [
         "```python",
         "import mlflow",
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM",
+        *resolve_import,
         f'path = mlflow.artifacts.download_artifacts(run_id="{run_id}", artifact_path="{ADAPTER_ARTIFACT}")',
-        f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_model}"), path)',
+        f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_expr}), path)",
         "```",
-        f"or talk to it: `lora-pipeline chat PATH` after the download; promote it: `lora-pipeline promote {run_id}`",
+        f"or talk to it: `lora-pipeline chat --adapter PATH` after the download; promote it: `lora-pipeline promote {run_id}`",
+        *note,
     ]
 
 
@@ -118,7 +140,7 @@ def version_description(assessment: Assessment | None, *, name: str, version: st
     if assessment is not None:
         lines += [*verdict_table(assessment), ""]
     lines += [
-        f"Trained in run {run_id} on base `{base_model}`.",
+        f"Trained in run {run_id} on base `{portable_base(base_model).ref}`.",
         "",
         *load_snippet(base_model, run_id=run_id, model_uri=f"models:/{name}/{version}"),
     ]
@@ -132,7 +154,7 @@ def model_card(manifest: dict[str, Any], assessment: Assessment, *, run_id: str)
     cfg = manifest.get("config") or {}
     lora = cfg.get("lora") or {}
     train = cfg.get("train") or {}
-    base_id = str(base.get("model_id", cfg.get("base_model", "?")))
+    base_id = portable_base(str(base.get("model_id", cfg.get("base_model", "?")))).ref
     m = assessment.task.metrics()
     lines = [
         "---",
