@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pipeline.config import GateConfig
 from pipeline.evaluate.forgetting import ForgettingReport
 from pipeline.evaluate.leakage import LeakageReport
+from pipeline.evaluate.llm_judge import JudgeResult
 from pipeline.evaluate.task_eval import TaskEvaluation
 from pipeline.evaluate.task_quality import ChampionQuality
 
@@ -41,6 +42,7 @@ LEAKAGE_RULE = "no_eval_leakage"
 CHAMPION_RULE = "beats_champion"
 ROUGE_RULE = "task_quality_rouge_l"
 EXACT_MATCH_RULE = "task_quality_exact_match"
+JUDGE_RULE = "llm_judge_preference"
 
 
 def _fmt(x: float) -> str:
@@ -162,6 +164,30 @@ def _task_quality_rules(gate: GateConfig, task: TaskEvaluation) -> list[RuleResu
     return [rouge, exact]
 
 
+def _judge_rule(gate: GateConfig, judge: JudgeResult | None) -> RuleResult:
+    """The LLM judge's pairwise preference, adapter vs base: fails on a significant preference for the base
+    beyond the margin, and when the judge gave no verdict (unreachable, unparseable) — never a silent pass."""
+    threshold = _neg(gate.max_judge_preference_drop)
+    if judge is None or judge.preference is None:
+        why = judge.error if judge is not None else "the judge was not asked"
+        return RuleResult(JUDGE_RULE, False, math.nan, threshold, f"no verdict from {gate.llm_judge_model}: {why}")
+    p, c = judge.preference, judge.counts
+    return RuleResult(
+        name=JUDGE_RULE,
+        passed=p.high >= threshold,
+        value=p.high,
+        threshold=threshold,
+        detail=(
+            f"{judge.model} preferred the adapter on {c['adapter']}, the base on {c['base']}, tie {c['tie']}, no "
+            f"verdict {c['invalid']} of {len(judge.rows)} rows; preference - 0.5 {p.estimate:+.4f} "
+            f"[{p.low:+.4f}, {p.high:+.4f}]; fails when the upper bound is below"
+        ),
+        low=p.low,
+        high=p.high,
+        mde=p.mde,
+    )
+
+
 def _champion_rule(
     task: TaskEvaluation, champion_task_loss: float, champion_quality: ChampionQuality | None
 ) -> RuleResult:
@@ -189,11 +215,13 @@ def evaluate_gate(
     champion_not_comparable: str = "",
     leakage: LeakageReport | None = None,
     champion_quality: ChampionQuality | None = None,
+    judge: JudgeResult | None = None,
 ) -> GateVerdict:
     """Apply every rule; `champion_task_loss` is the current champion's held-out loss on the same split,
     `champion_not_comparable` why there is a champion that cannot be compared (the verdict is then "not
     comparable"), `leakage` the eval rows checked against this run's and the champion's training rows,
-    `champion_quality` the champion's generations on the same rows (reported beside the champion rule)."""
+    `champion_quality` the champion's generations on the same rows (reported beside the champion rule), `judge`
+    the LLM judge's verdicts (judged when gate.llm_judge_model is set)."""
     rules: list[RuleResult] = []
     imp = task.improvement
     rules.append(
@@ -213,6 +241,8 @@ def evaluate_gate(
     )
     if gate.task_quality:
         rules += _task_quality_rules(gate, task)
+    if gate.llm_judge_model:
+        rules.append(_judge_rule(gate, judge))
     for c in forgetting.comparisons:
         d = c.delta
         if c.kind == "accuracy":

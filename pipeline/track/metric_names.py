@@ -100,8 +100,8 @@ _FORGETTING_STAT = {"base": "{k}_base", "adapter": "{k}_adapter", "delta": "acc_
 _GATE = re.compile(r"^gate_(?P<rule>.+)_(?P<field>passed|value|threshold|mde)$")
 
 
-def rule_unit(rule: str) -> str:
-    """The unit of a gate rule's value, threshold and MDE, as a key suffix ('' where the name says it)."""
+def rule_unit(rule: str, field: str) -> str:
+    """The unit of a gate rule's value, threshold or MDE (`field`), as a key suffix ('' where the name says it)."""
     if rule.endswith("_accuracy_drop"):
         return "_pts"  # accuracy points on a 0-100 scale
     if rule.endswith("_perplexity_increase"):
@@ -110,7 +110,10 @@ def rule_unit(rule: str) -> str:
         return "_nats"  # held-out loss difference, nats/token
     if rule == "no_eval_leakage":
         return "_rows"
-    return ""  # task-quality rules: ROUGE-L / exact-match differences on their own 0-1 scale
+    if rule == "task_quality_exact_match":
+        # McNemar's p-value against alpha; the MDE is an exact-match difference (a fraction of rows).
+        return "_frac" if field == "mde" else "_p"
+    return ""  # ROUGE-L and judge-preference differences on their own 0-1 scale
 
 
 class UnknownMetric(ValueError):
@@ -130,7 +133,7 @@ def mlflow_key(name: str) -> str | None:
         return f"forgetting/{m['task']}/{stat}{m['end'] or ''}"
     if m := _GATE.match(name):
         field = m["field"]
-        suffix = "" if field == "passed" else rule_unit(m["rule"])
+        suffix = "" if field == "passed" else rule_unit(m["rule"], field)
         return f"gate/{m['rule']}/{field}{suffix}"
     raise UnknownMetric(
         f"metric {name!r} has no MLflow name; add it to pipeline/track/metric_names.py (one sectioned name per quantity)"

@@ -21,6 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.evaluate.forgetting import ForgettingReport, forgetting_check, load_verified_adapter
 from pipeline.evaluate.gate import GateVerdict, evaluate_gate
 from pipeline.evaluate.leakage import LeakageReport, Overlap, content_keys, overlap, unknown
+from pipeline.evaluate.llm_judge import JudgeResult, ask_judge
 from pipeline.evaluate.plots import forgetting_bars, loss_curves
 from pipeline.evaluate.task_eval import TaskEvaluation, evaluate_task, score_with_adapter
 from pipeline.evaluate.task_quality import ChampionQuality
@@ -56,6 +57,8 @@ class Assessment:
     leakage: LeakageReport | None = None
     # The champion's generations on the same rows (None: no champion compared, or nothing generated).
     champion_quality: ChampionQuality | None = None
+    # The optional LLM judge's pairwise verdicts (None: gate.llm_judge_model is empty).
+    judge: JudgeResult | None = None
 
     def metrics(self) -> dict[str, float]:
         out = {**self.forgetting.metrics(), **self.task.metrics(), **self.verdict.metrics()}
@@ -207,6 +210,7 @@ def assess_adapter(
     if config.gate.beat_champion and tracking_uri is not None:
         champ = compare_champion(model, tokenizer, config, adapter_dir, eval_records, tracking_uri, task.side_by_side)
     leakage = _leakage(eval_records, train_records, champ)
+    judge = ask_judge(config, task.side_by_side) if config.gate.llm_judge_model else None
     verdict = evaluate_gate(
         config.gate,
         task,
@@ -215,6 +219,7 @@ def assess_adapter(
         champion_not_comparable=champ.not_comparable,
         leakage=leakage,
         champion_quality=champ.quality,
+        judge=judge,
     )
     return Assessment(
         forgetting=forgetting,
@@ -225,6 +230,7 @@ def assess_adapter(
         champion_note=champ.note,
         leakage=leakage,
         champion_quality=champ.quality,
+        judge=judge,
     )
 
 
@@ -296,6 +302,7 @@ def promote(
                 champion_not_comparable=champ.not_comparable,
                 leakage=leakage,
                 champion_quality=champ.quality,
+                judge=assessment.judge,
             )
             assessment = replace(
                 assessment,
@@ -341,6 +348,8 @@ def write_artifacts(assessment: Assessment, history: list[StepLog], out_dir: str
     (out / "gate_verdict.json").write_text(json.dumps(assessment.verdict.as_dict(), indent=2))
     assessment.forgetting.write(out / "forgetting.json")
     (out / "task_eval.json").write_text(json.dumps(assessment.task.as_dict(), indent=2))
+    if assessment.judge is not None:
+        (out / "llm_judge.json").write_text(json.dumps(assessment.judge.table(), indent=2))
     side = pd.DataFrame(assessment.task.side_by_side)
     (out / "side_by_side.html").write_text(side.to_html(index=False, escape=True))
     forgetting_bars(assessment.forgetting, out / "forgetting.png")
