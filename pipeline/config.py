@@ -224,6 +224,12 @@ class GateConfig(_Strict):
     task_quality: bool = True
     # ROUGE-L F1 (0-1 scale) drop tolerated even when significant; 0: any significant drop fails.
     max_rouge_l_drop: float = Field(default=0.0, ge=0, le=1)
+    # Optional LLM-as-judge rule (pipeline/evaluate/llm_judge.py), off when empty: this model, served at
+    # LLM_JUDGE_URL (any OpenAI-compatible endpoint; key in LLM_JUDGE_API_KEY), compares the base's and the
+    # adapter's answers pairwise; rule llm_judge_preference fails when the adapter's preference (mean score -
+    # 0.5) interval lies wholly below -max_judge_preference_drop, or when the judge gives no verdict.
+    llm_judge_model: str = ""
+    max_judge_preference_drop: float = Field(default=0.0, ge=0, le=0.5)
     # Registered model name in the MLflow registry.
     registered_model: str = "lora-adapter"
     # True: a passing adapter gets the `champion` alias straight away; False: `candidate`.
@@ -426,6 +432,9 @@ class Settings(BaseSettings):
     label_studio_url: str = Field(default="http://127.0.0.1:8080", validation_alias="LABEL_STUDIO_URL")
     label_studio_api_key: SecretStr | None = Field(default=None, validation_alias="LABEL_STUDIO_API_KEY")
     mlflow_tracking_uri: str = Field(default="sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+    # The optional LLM judge (gate.llm_judge_model): an OpenAI-compatible base URL (…/v1) and its key.
+    llm_judge_url: str | None = Field(default=None, validation_alias="LLM_JUDGE_URL")
+    llm_judge_api_key: SecretStr | None = Field(default=None, validation_alias="LLM_JUDGE_API_KEY")
 
     @field_validator("label_studio_url")
     @classmethod
