@@ -144,6 +144,31 @@ class LoraConfig(_Strict):
         return list(self.target_modules)
 
 
+class ReplayConfig(_Strict):
+    """Replay of general text during LoRA training, a standard mitigation of catastrophic forgetting.
+
+    Replay rows are plain language-modelling rows (loss on every token) mixed into the training batches,
+    `ratio` of them per task row, drawn by `train.seed`. Texts that contain a general-suite text or question
+    (the forgetting check's own items) are never replayed (pipeline/train/replay.py); see docs/replay.md.
+    """
+
+    # Replay rows per task row; 0 turns replay off.
+    ratio: float = Field(default=0.0, ge=0, le=10)
+    # A .txt file (one text per non-empty line) or a .jsonl file ({"text": ...} per line). "base:NAME" is the
+    # file NAME inside the base model's directory: a local base can ship the general text it was pretrained
+    # on, as the demo base does (general_corpus.jsonl).
+    source: str = "base:general_corpus.jsonl"
+
+    @field_validator("source")
+    @classmethod
+    def _source_named(cls, v: str) -> str:
+        if not v.strip() or v.strip() == "base:":
+            raise ValueError("train.replay.source is empty; name a .txt/.jsonl file or base:FILE in the base model")
+        if not v.endswith((".txt", ".jsonl")):
+            raise ValueError(f"train.replay.source={v!r} must be a .txt (one text per line) or .jsonl file")
+        return v
+
+
 class TrainConfig(_Strict):
     """Optimization knobs of the training recipe."""
 
@@ -172,6 +197,8 @@ class TrainConfig(_Strict):
     eval_every_steps: int | None = Field(default=None, ge=1)
     # Processes (one GPU each) of one training run: >1 makes the train flow launch the DDP path with torchrun.
     gpus: int = Field(default=1, ge=1, le=64)
+    # Replay of general text mixed into the batches (off by default; see ReplayConfig).
+    replay: ReplayConfig = ReplayConfig()
 
 
 class EvalConfig(_Strict):

@@ -47,6 +47,7 @@ from pipeline.train.modeling import (
     resolve_device,
 )
 from pipeline.train.packing import make_batch
+from pipeline.train.replay import MixedExamples, build_replay
 from pipeline.train.results import StepLog, TrainResult
 from pipeline.train.scoring import mean_token_loss, sequence_nll
 from pipeline.train.throughput import model_flops_utilization, peak_memory
@@ -115,6 +116,11 @@ def train_adapter(
     seed_everything(t.seed)
     tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.model.trust_remote_code)
     train_ex = _tokenize(tokenizer, train_records, config)
+    task_rows = len(train_ex)
+    # Replay (train.replay): general-text rows, suite texts excluded, mixed into the same epoch order.
+    replay = build_replay(tokenizer, config, task_rows)
+    if replay is not None:
+        train_ex = MixedExamples(train_ex, replay.examples)
     eval_ex = _tokenize(tokenizer, eval_records, config) if len(eval_records) else []
     pad_id = int(tokenizer.pad_token_id)
     # Flash-attn's varlen kernel takes a whole packed micro-batch as one row; sdpa/eager build a
@@ -238,7 +244,8 @@ def train_adapter(
                     "epoch": epoch,
                     "config_fingerprint": config.fingerprint(),
                     "dataset_hash": dataset_hash,
-                    "train_examples": len(train_ex),
+                    "train_examples": task_rows,
+                    "replay": replay.record() if replay is not None else None,
                     "wall_time_s": prior_wall + time.perf_counter() - start,
                     "history": [asdict(h) for h in history],
                 }
@@ -261,7 +268,9 @@ def train_adapter(
         "steps": step,
         # 0 for an uninterrupted run; the checkpoint's step when this run resumed one.
         "resumed_from_step": ckpt.step if ckpt is not None else 0,
-        "train_examples": len(train_ex),
+        "train_examples": task_rows,
+        # Lineage of the replay rows (count, source file and its sha256, suite texts excluded); None when off.
+        "replay": replay.record() if replay is not None else None,
         "eval_examples": len(eval_ex),
         "torch": torch.__version__,
         "world_size": env.world,
