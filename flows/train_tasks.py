@@ -143,7 +143,7 @@ def evaluate(config: PipelineConfig, result: TrainResult, snapshot: Snapshot, ru
         )
         log_training_keys(uri, run_id, train_df)
         tracking.log_artifacts(uri, run_id, out, "evaluation")
-        tracking.log_table(uri, run_id, assessment.task.side_by_side, "evaluation/side_by_side_table.json")
+        tracking.log_table(uri, run_id, assessment.generations(), "evaluation/side_by_side_table.json")
         tracking.log_artifacts(uri, run_id, result.adapter_dir, "adapter")
     create_markdown_artifact(assessment.report_markdown(), key="promotion-gate", description="gate verdict")
     verdict = assessment.verdict
@@ -183,6 +183,7 @@ def promote_adapter(
         again = promotion.assessment
         tracking.log_metrics(uri, run_id, again.metrics())
         tracking.log_text(uri, run_id, again.report_markdown(), "evaluation/gate_report.md")
+        tracking.log_table(uri, run_id, again.generations(), "evaluation/side_by_side_table.json")
         set_run_verdict(uri, run_id, again, run_description(again, run_id=run_id, base_model=config.base_model))
         logger.info("the champion moved during evaluation: %s", again.champion_note)
     version = promotion.version

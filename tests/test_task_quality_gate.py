@@ -3,6 +3,7 @@ exact test), per-category results, the minimum detectable effect next to each ru
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,10 @@ def test_task_evaluation_generates_for_every_held_out_row_by_default(tiny_model_
     champion = score_with_adapter(model, tok, records, str(tmp_path / "same"), cfg, result.side_by_side)
     assert champion.task_loss == pytest.approx(result.adapter_loss, rel=1e-5)
     assert champion.quality is not None and champion.quality.rouge_l_delta.estimate == pytest.approx(0.0, abs=1e-9)
+    # The same adapter as champion answers every prompt as ours did; the logged table carries its answers.
+    assert list(champion.outputs) == [r["adapter_output"] for r in result.side_by_side]
+    assessment = Assessment(_forgetting_ok(), result, evaluate_gate(GateConfig(), result, _forgetting_ok()))
+    assert assessment.generations() == result.side_by_side  # no champion compared: no champion column
+    table = replace(assessment, champion_outputs=champion.outputs).generations()
+    assert [r["champion_output"] for r in table] == [r["adapter_output"] for r in table]
+    assert {"prompt", "reference", "base_output", "adapter_output", "champion_output"} <= set(table[0])

@@ -216,6 +216,8 @@ class ChampionScores:
 
     task_loss: float
     quality: ChampionQuality | None = None
+    # Its greedy answer to each side-by-side row's prompt (same order), for the logged comparison table.
+    outputs: tuple[str, ...] = ()
 
 
 def score_with_adapter(
@@ -268,4 +270,4 @@ def score_with_adapter(
         confidence=ev.confidence,
         seed=ev.seed,
     )
-    return ChampionScores(loss, quality)
+    return ChampionScores(loss, quality, tuple(outputs))

@@ -59,6 +59,16 @@ class Assessment:
     champion_quality: ChampionQuality | None = None
     # The optional LLM judge's pairwise verdicts (None: gate.llm_judge_model is empty).
     judge: JudgeResult | None = None
+    # The champion's answers to the side-by-side prompts (empty: no champion compared, or nothing generated).
+    champion_outputs: tuple[str, ...] = ()
+
+    def generations(self) -> list[dict[str, Any]]:
+        """Per held-out prompt: reference, base, adapter and (when compared) champion answers with their scores,
+        the table logged for the MLflow UI's artifact compare view (evaluation/side_by_side_table.json)."""
+        rows = self.task.side_by_side
+        if not self.champion_outputs:
+            return rows
+        return [r | {"champion_output": o} for r, o in zip(rows, self.champion_outputs, strict=True)]
 
     def metrics(self) -> dict[str, float]:
         out = {**self.forgetting.metrics(), **self.task.metrics(), **self.verdict.metrics()}
@@ -115,6 +125,7 @@ class ChampionComparison:
     # The eval rows found among the champion's training rows (None: there is no champion).
     trained_on_eval: Overlap | None = None
     quality: ChampionQuality | None = None
+    outputs: tuple[str, ...] = ()  # the champion's answers to the side-by-side prompts
 
 
 def log_training_keys(uri: str, run_id: str, train_records: pd.DataFrame) -> None:
@@ -179,7 +190,7 @@ def compare_champion(
         note = f"version {version}, held-out loss {scores.task_loss:.4f} on this run's split"
         if scores.quality is not None:
             note += f", ROUGE-L {scores.quality.rouge_l:.3f}"
-        return ChampionComparison(version, scores.task_loss, note, "", seen, scores.quality)
+        return ChampionComparison(version, scores.task_loss, note, "", seen, scores.quality, scores.outputs)
 
 
 def _leakage(
@@ -231,6 +242,7 @@ def assess_adapter(
         leakage=leakage,
         champion_quality=champ.quality,
         judge=judge,
+        champion_outputs=champ.outputs,
     )
 
 
@@ -311,6 +323,7 @@ def promote(
                 champion_version=champ.version,
                 champion_task_loss=champ.task_loss,
                 champion_quality=champ.quality,
+                champion_outputs=champ.outputs,
                 champion_note=f"{champ.note} (the champion moved during evaluation; compared again)",
             )
             reassessed = True
@@ -350,7 +363,7 @@ def write_artifacts(assessment: Assessment, history: list[StepLog], out_dir: str
     (out / "task_eval.json").write_text(json.dumps(assessment.task.as_dict(), indent=2))
     if assessment.judge is not None:
         (out / "llm_judge.json").write_text(json.dumps(assessment.judge.table(), indent=2))
-    side = pd.DataFrame(assessment.task.side_by_side)
+    side = pd.DataFrame(assessment.generations())
     (out / "side_by_side.html").write_text(side.to_html(index=False, escape=True))
     forgetting_bars(assessment.forgetting, out / "forgetting.png")
     if history:
