@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -40,10 +39,10 @@ from pipeline.track.registry import register_adapter
 from pipeline.train.modeling import load_base_model
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
+from tests.serve_process import serve_process
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "serve-test"
 PROMPTS = ["When does the first ferry leave on Sunday?", "Write a haiku about tea", "hi"]
 MAX_TOKENS = 12
@@ -122,30 +121,8 @@ def server(registered: Registered, tmp_path_factory: pytest.TempPathFactory) -> 
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--base-model", str(registered.base)]
     cmd += ["--device", "cpu", "--poll-s", "0.5", "--max-adapters", "2", "--batch-wait-ms", "20"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status says what stopped it
-    assert proc.returncode in (0, -15), log.read_text()[-3000:]
-    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    with serve_process(cmd, env, port, log, ready_s=180) as url:
+        yield url
 
 
 def _chat(url: str, model: str, prompt: str, **extra: object) -> httpx.Response:

@@ -41,10 +41,10 @@ from pipeline.track.registry import register_adapter
 from pipeline.train.modeling import load_base_model
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
+from tests.serve_process import serve_process
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "lora-pipeline"
 NAME = "serve-vllm"
 CHUNK_S = 0.05  # the stand-in streams one chunk (one "token") every CHUNK_S
@@ -215,29 +215,8 @@ def server(
     log = tmp_path_factory.mktemp("vllm-serve-log") / "serve.log"
     cmd = [str(CLI), "serve", "--engine", "vllm", "--vllm-url", vllm[0], "--port", str(port)]
     cmd += ["--base-model", str(registered.base), "--poll-s", "0.3", "--max-adapters", "2"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    assert proc.returncode in (0, -15), log.read_text()[-3000:]
-    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    with serve_process(cmd, env, port, log, ready_s=120) as url:
+        yield url
 
 
 def _chat(url: str, model: str, **extra: Any) -> httpx.Response:
