@@ -61,11 +61,16 @@ def portable_base(base_model: str, store: Path | None = None) -> BaseRef:
     local = Path(base_model).expanduser()
     if not local.is_dir():
         return BaseRef(base_model, True)  # a hub id (fingerprint_base refuses anything else before training)
-    resolved = local.resolve()
     store = store if store is not None else model_store()
-    if store is not None and resolved.is_relative_to(store.resolve()) and resolved != store.resolve():
-        return BaseRef(STORE_PREFIX + resolved.relative_to(store.resolve()).as_posix(), True)
-    return BaseRef(str(resolved), False)
+    if store is not None:
+        # As spelled and with symlinks resolved: a store entry may link to a disk elsewhere, or the store itself.
+        for path, root in (
+            (Path(os.path.abspath(local)), Path(os.path.abspath(store))),
+            (local.resolve(), store.resolve()),
+        ):
+            if path != root and path.is_relative_to(root):
+                return BaseRef(STORE_PREFIX + path.relative_to(root).as_posix(), True)
+    return BaseRef(str(local.resolve()), False)
 
 
 def resolve_base(ref: str, store: Path | None = None) -> str:
@@ -77,8 +82,9 @@ def resolve_base(ref: str, store: Path | None = None) -> str:
         local = Path(ref)
         if local.is_absolute() and not local.is_dir():
             raise BaseModelError(
-                f"base model {ref} is a machine path recorded outside any model store (not portable) and is not "
-                f"on this machine; copy that model into ${MODEL_STORE_ENV} and register the adapter again"
+                f"base model {ref} is a machine path (recorded outside any model store, not portable) that does not "
+                f"exist here; copy the model to that path, or keep base models under ${MODEL_STORE_ENV} so that "
+                "adapters record them portably"
             )
         return ref
     rel = PurePosixPath(ref.removeprefix(STORE_PREFIX))

@@ -49,6 +49,9 @@ def test_portable_reference_of_hub_ids_store_models_and_other_directories(
     far = portable_base(str(outside))
     assert far.ref == str(outside.resolve()) and not far.portable
     assert portable_base("model-store:org/base-1").ref == "model-store:org/base-1"
+    # A store entry that links to a directory elsewhere is still named by its place in the store.
+    (store / "linked").symlink_to(outside)
+    assert portable_base(str(store / "linked")) == BaseRef("model-store:linked", True)
     # No store declared: every local directory is a machine path.
     monkeypatch.delenv(MODEL_STORE_ENV)
     assert not portable_base(str(inside)).portable
