@@ -22,6 +22,7 @@ class AdapterSource:
     """A resolved adapter: its PEFT files on disk, the base it needs and where it came from."""
 
     adapter_dir: Path
+    # As recorded: a hub id, `model-store:DIR` or a path; `pipeline.base_model.resolve_base` gives what loads.
     base_model: str
     base_fingerprint: dict[str, Any]
     description: str
