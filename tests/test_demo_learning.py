@@ -23,11 +23,12 @@ from transformers import AutoTokenizer
 from pipeline.config import load_config
 from pipeline.demo.claims import chance_accuracy
 from pipeline.demo.demo_base import DemoBaseSettings, build_demo_base
-from pipeline.demo.sample_data import sample_records
+from pipeline.demo.sample_data import demo_records
 from pipeline.evaluate.forgetting import forgetting_check
 from pipeline.evaluate.task_eval import evaluate_task
 from pipeline.train.modeling import load_adapter
 from pipeline.train.recipe import train_adapter
+from pipeline.train.replay import build_replay, suite_texts
 from pipeline.validate.split import split_train_eval
 
 # Reduced: half the width and depth of the demo's base, a third of its pretraining steps.
@@ -58,10 +59,16 @@ def _learning_run(base_dir: Path, out_dir: Path) -> dict[str, float]:
             "data": cfg.data.model_copy(update={"tokenize_cache": False}),
         }
     )
-    train, held_out = split_train_eval(sample_records(200), cfg.data.eval_fraction)  # the demo's rows and split
+    train, held_out = split_train_eval(demo_records(), cfg.data.eval_fraction)  # the demo's rows and split
     result = train_adapter(cfg, train, held_out, out_dir / "adapter")
     model = load_adapter(str(base_dir), result.adapter_dir, torch.device("cpu"))
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # Replay is on in demo.yaml: its rows are in the run's lineage, and none holds a general-suite text.
+    replay = result.manifest["replay"]
+    assert replay["rows"] == round(cfg.train.replay.ratio * len(train)) > 0, replay
+    assert replay["excluded_suite_texts"] > 0, replay  # the base's corpus holds the suite: the rule did work
+    drawn = build_replay(tokenizer, cfg, len(train))
+    assert drawn is not None and not any(s in t for t in drawn.texts_used for s in suite_texts())
     metrics = evaluate_task(model, tokenizer, held_out, cfg).metrics()
     return metrics | forgetting_check(model, tokenizer, cfg).metrics()
 

@@ -24,8 +24,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pipeline.demo.corpus import general_dialogues, general_texts
 from pipeline.demo.tiny_model import build_tokenizer
+from pipeline.train.replay import corpus_jsonl
 
 MARKER = "demo_base.json"
+# The general text the base was pretrained on, shipped next to its weights: the demo's replay source
+# (train.replay.source: base:general_corpus.jsonl). Replay drops the general suite's texts from it.
+CORPUS_FILE = "general_corpus.jsonl"
 
 
 @dataclass(frozen=True)
@@ -90,10 +94,19 @@ def _pretrain(model: LlamaForCausalLM, stream: list[int], s: DemoBaseSettings) -
     return loss_value
 
 
+def _write_corpus(model_dir: Path) -> None:
+    """The plain pretraining texts as `CORPUS_FILE` (written to a temp name and renamed: never half a file)."""
+    tmp = model_dir / f"{CORPUS_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(corpus_jsonl(general_texts()))
+    tmp.rename(model_dir / CORPUS_FILE)
+
+
 def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBaseSettings()) -> Path:
     """The demo base under `cache_root/demo-base-<hash of settings>`: loaded if built before, else built and saved."""
     out = Path(cache_root) / f"demo-base-{settings.digest()}"
     if (out / MARKER).is_file():
+        if not (out / CORPUS_FILE).is_file():  # a base cached before the corpus file was shipped with it
+            _write_corpus(out)
         return out
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -126,6 +139,7 @@ def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBas
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _write_corpus(tmp)
     (tmp / MARKER).write_text(
         json.dumps(
             {

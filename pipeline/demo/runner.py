@@ -16,7 +16,7 @@ from label_studio_sdk import LabelStudio
 from pipeline.config import load_config
 from pipeline.demo.claims import claim_lines, demo_metrics, side_by_side_lines
 from pipeline.demo.demo_base import build_demo_base
-from pipeline.demo.sample_data import sample_pairs
+from pipeline.demo.sample_data import demo_pairs
 from pipeline.ingest.client import (
     ProjectRef,
     connect,
@@ -55,12 +55,13 @@ class SeedSummary:
     annotated: int
 
 
-def seed_project(client: LabelStudio, title: str, categories: tuple[str, ...], n: int = 200) -> SeedSummary:
-    """Create the demo project, import the sample prompts and annotate them as an annotator would (once)."""
+def seed_project(client: LabelStudio, title: str, categories: tuple[str, ...]) -> SeedSummary:
+    """Create the demo project, import the demo's prompts (`demo_pairs()`: every route's fares and times asked
+    three ways, plus other desk questions) and annotate them as an annotator would (once)."""
     project = ensure_project(client, title, categories)
     if any(True for _ in iter_tasks(client, project.id, page_size=1)):
         return SeedSummary(project=project, imported=0, annotated=0)
-    pairs = sample_pairs(n)
+    pairs = demo_pairs()
     task_ids = import_tasks(client, project.id, [{"prompt": p["prompt"]} for p in pairs])
     annotated = 0
     for i, (task_id, pair) in enumerate(zip(task_ids, pairs, strict=True)):

@@ -266,10 +266,48 @@ FACT_KEYS: dict[str, str] = {
 }
 _FACTS: dict[str, str] = {}
 
+# The demo's extra phrasings of the lookup facts (first and last sailing, crossing time, adult and child
+# fare): with ROUTE_T's own question, every such fact of every route and direction is asked three ways, so
+# a held-out question about it has the same fact stated in other training rows. Not in sample_pairs()
+# (the tests' tiny model reads that), only in demo_pairs().
+RESTATED_T: dict[str, tuple[tuple[str, Pair], ...]] = {
+    "schedules": (
+        ("first", ("When is the earliest sailing from {o} to {d}?",
+                   "The earliest sailing from {o} to {d} is at {first}.")),
+        ("first", ("I need the first boat of the day from {o} to {d}. When does it go?",
+                   "The first boat of the day from {o} to {d} goes at {first}.")),
+        ("last", ("What is the latest sailing from {o} to {d}?",
+                  "The latest sailing from {o} to {d} leaves at {last}.")),
+        ("last", ("When does the final ferry of the day leave {o} for {d}?",
+                  "The final ferry of the day from {o} to {d} leaves at {last}.")),
+        ("mins", ("How many minutes does the ferry from {o} to {d} take?",
+                  "The ferry from {o} to {d} takes {mins} minutes.")),
+        ("mins", ("What is the journey time by ferry from {o} to {d}?",
+                  "The journey time from {o} to {d} is {mins} minutes by ferry.")),
+    ),
+    "tickets": (
+        ("fare", ("What is the adult fare from {o} to {d}?",
+                  "The adult single fare from {o} to {d} is {fare}.")),
+        ("fare", ("How much does one adult pay to sail from {o} to {d}?",
+                  "One adult pays {fare} for a single from {o} to {d}.")),
+        ("child", ("How much is a child single from {o} to {d}?",
+                   "A child single from {o} to {d} costs {child}.")),
+        ("child", ("What do children pay to sail from {o} to {d}?",
+                   "Children aged 5 to 15 pay {child} for a single from {o} to {d}.")),
+    ),
+}  # fmt: skip
+FACT_KEYS.update({t[0]: key for templates in RESTATED_T.values() for key, t in templates})
+# ROUTE_T's lookup-fact questions: asked in the demo alongside their RESTATED_T phrasings.
+LOOKUP_T = {
+    ROUTE_T[cat][i][0]
+    for cat, i in (("schedules", 0), ("schedules", 1), ("schedules", 2), ("tickets", 0), ("tickets", 1))
+}
+
 
 def fact_of(prompt: str) -> str | None:
-    """The fact (fare, time, duration) a right answer to this sample prompt states; None for other prompts."""
+    """The fact (fare, time, duration) a right answer to this sample or demo prompt states; None for other prompts."""
     _pool()  # fills _FACTS
+    _restated()
     return _FACTS.get(prompt)
 
 
@@ -279,9 +317,9 @@ def fact_answered(prompt: str, answer: str) -> bool | None:
     return None if fact is None else fact in answer
 
 
-def _route_pairs() -> dict[str, list[Pair]]:
-    """Pairs whose facts come from one route in one direction."""
-    out: dict[str, list[Pair]] = {cat: [] for cat in CATEGORIES}
+def _route_contexts() -> list[tuple[Route, tuple[str, ...], dict[str, str]]]:
+    """(route, departures, template slots) of every route in each direction, in a fixed order."""
+    out = []
     for r in ROUTES:
         for o, d, deps in ((r.a, r.b, r.deps_a), (r.b, r.a, r.deps_b)):
             vessel = VESSELS[r.vessel]
@@ -292,18 +330,26 @@ def _route_pairs() -> dict[str, list[Pair]]:
                        spaces=_spaces(vessel.wheelchair_spaces))  # fmt: skip
             ctx["car"] = (CAR_NO if r.car_cents is None else CAR_YES).format(**ctx)
             ctx["board"] = (STEP_FREE if PORTS[o].step_free else SLIPWAY).format(**ctx)
-            for cat, templates in ROUTE_T.items():
-                out[cat] += [_fill(t, ctx) for t in templates]
-            for day in DAYS:
-                answer = DAY_YES if day in r.days else DAY_NO
-                out["schedules"].append(_fill((DAY_T, answer), dict(ctx, day=day)))
-            for t in deps:
-                tctx = dict(ctx, t=t, arr=_add(t, r.minutes))
-                out["schedules"].append(_fill(ARRIVE_T, tctx))
-                out["accessibility"].append(_fill(WHEELCHAIR_T, tctx))
-            for k, word in ((2, "two"), (3, "three"), (4, "four")):
-                gctx = dict(ctx, k=word, K=word.capitalize(), total=_money(k * r.adult_cents))
-                out["tickets"].append(_fill(GROUP_T, gctx))
+            out.append((r, deps, ctx))
+    return out
+
+
+def _route_pairs() -> dict[str, list[Pair]]:
+    """Pairs whose facts come from one route in one direction."""
+    out: dict[str, list[Pair]] = {cat: [] for cat in CATEGORIES}
+    for r, deps, ctx in _route_contexts():
+        for cat, templates in ROUTE_T.items():
+            out[cat] += [_fill(t, ctx) for t in templates]
+        for day in DAYS:
+            answer = DAY_YES if day in r.days else DAY_NO
+            out["schedules"].append(_fill((DAY_T, answer), dict(ctx, day=day)))
+        for t in deps:
+            tctx = dict(ctx, t=t, arr=_add(t, r.minutes))
+            out["schedules"].append(_fill(ARRIVE_T, tctx))
+            out["accessibility"].append(_fill(WHEELCHAIR_T, tctx))
+        for k, word in ((2, "two"), (3, "three"), (4, "four")):
+            gctx = dict(ctx, k=word, K=word.capitalize(), total=_money(k * r.adult_cents))
+            out["tickets"].append(_fill(GROUP_T, gctx))
     return out
 
 
@@ -353,6 +399,44 @@ def _pool() -> dict[str, tuple[Pair, ...]]:
     return pool
 
 
+@lru_cache(maxsize=1)
+def _restated() -> dict[str, tuple[Pair, ...]]:
+    """The demo's lookup-fact rows per category: ROUTE_T's lookup questions and their RESTATED_T phrasings, for
+    every route and direction, in a fixed order."""
+    out: dict[str, list[Pair]] = {cat: [] for cat in CATEGORIES}
+    for _, _, ctx in _route_contexts():
+        for cat, templates in ROUTE_T.items():
+            out[cat] += [_fill(t, ctx) for t in templates if t[0] in LOOKUP_T]
+        for cat, restated in RESTATED_T.items():
+            out[cat] += [_fill(t, ctx) for _, t in restated]
+    return {cat: tuple(pairs) for cat, pairs in out.items()}
+
+
+def demo_pairs(n_other: int = 190, seed: int = 0) -> list[dict[str, str]]:
+    """The demo's rows: every lookup fact (first/last sailing, crossing time, adult/child fare) of every route
+    and direction asked three ways (210 rows), plus `n_other` rows of the sample pool that ask no fact
+    (timetables, days, cars, lost property, accessibility...), shuffled by `seed`.
+
+    Questions whose fact is computed rather than looked up (arrival time from a departure, group totals)
+    are left out: a held-out one has no training row that states its fact."""
+    facts = [{"prompt": p, "response": r, "category": cat} for cat, pairs in _restated().items() for p, r in pairs]
+    pool = {cat: [pr for pr in pairs if fact_of(pr[0]) is None] for cat, pairs in _pool().items()}
+    limit = sum(len(v) for v in pool.values())
+    if isinstance(n_other, bool) or not isinstance(n_other, int) or not 0 <= n_other <= limit:
+        raise ValueError(f"n_other must be an integer between 0 and {limit}, got n_other={n_other!r}")
+    rng = random.Random(seed)
+    queues = [(cat, rng.sample(pairs, len(pairs))) for cat, pairs in pool.items()]
+    other: list[dict[str, str]] = []
+    while len(other) < n_other:  # round-robin over categories, as sample_pairs
+        for cat, pairs in queues:
+            if pairs and len(other) < n_other:
+                prompt, response = pairs.pop()
+                other.append({"prompt": prompt, "response": response, "category": cat})
+    picked = facts + other
+    rng.shuffle(picked)
+    return picked
+
+
 def max_pairs() -> int:
     """Number of unique pairs the templates can produce."""
     return sum(len(pairs) for pairs in _pool().values())
@@ -382,6 +466,15 @@ def sample_pairs(n: int = 200, seed: int = 0) -> list[dict[str, str]]:
 
 def sample_records(n: int = 200, seed: int = 0) -> pd.DataFrame:
     """`sample_pairs(n, seed)` as a PairRecords frame (task ids 1..n), for tests and benchmarks without Label Studio."""
+    return _records(sample_pairs(n, seed=seed))
+
+
+def demo_records(seed: int = 0) -> pd.DataFrame:
+    """`demo_pairs()` as a PairRecords frame (task ids 1..n): the demo's rows without Label Studio."""
+    return _records(demo_pairs(seed=seed))
+
+
+def _records(pairs: list[dict[str, str]]) -> pd.DataFrame:
     rows = [
         {
             "task_id": i + 1,
@@ -396,7 +489,7 @@ def sample_records(n: int = 200, seed: int = 0) -> pd.DataFrame:
             "system": None,
             "context": None,
         }
-        for i, p in enumerate(sample_pairs(n, seed=seed))
+        for i, p in enumerate(pairs)
     ]
     return records_frame(rows)
 
