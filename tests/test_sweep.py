@@ -152,7 +152,12 @@ def test_cli_sweep_of_three_ranks_logs_parent_children_table_plot_and_one_recomm
         assert run.data.params["lora_r"] == label[1:] and run.data.tags["dataset_hash"] == snapshot.hash
         assert float(run.data.params["lora_alpha"]) == 2.0 * int(label[1:])  # the config's alpha / r kept
         m = run.data.metrics
-        assert {"task/loss_nats/improvement", "model/adapter_bytes", "model/trainable_params", "train/wall_time_s"} <= set(m)
+        assert {
+            "task/loss_nats/improvement",
+            "model/adapter_bytes",
+            "model/trainable_params",
+            "train/wall_time_s",
+        } <= set(m)
         assert run.data.tags["gate"] in ("passed", "failed")
     # Same frozen split for every child: the same eval rows, so the same base loss.
     assert len({round(r.data.metrics["task/loss_nats/base"], 9) for r in children.values()}) == 1
