@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from transformers import AutoModelForCausalLM
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.demo.tiny_model import build_tiny_model
-from pipeline.train.merge import export_merged, merge_into
+from pipeline.train.manifest import MANIFEST
+from pipeline.train.merge import adapter_base_model, export_merged, merge_into
 from pipeline.train.recipe import train_adapter
 from tests.conftest import make_records
 
@@ -74,3 +77,23 @@ def test_export_onto_another_base_is_refused_by_the_manifest_check(trained_adapt
     with pytest.raises(ValueError, match="weights_hash does not match"):
         export_merged(trained_adapter, out, base_model=str(other))
     assert not out.exists()
+
+
+def test_export_resolves_a_model_store_reference(
+    trained_adapter: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry download names its base `model-store:DIR` (pipeline/base_model.py): export opens it in the store
+    of $LORA_PIPELINE_MODEL_STORE, and says which variable to set when it cannot."""
+    downloaded = tmp_path / "peft"
+    shutil.copytree(trained_adapter, downloaded)
+    (downloaded / MANIFEST).unlink()  # a registry download's peft/ folder: PEFT's adapter_config.json names the base
+    cfg = json.loads((downloaded / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = f"model-store:{tiny_model_dir.name}"
+    (downloaded / "adapter_config.json").write_text(json.dumps(cfg))
+    monkeypatch.delenv("LORA_PIPELINE_MODEL_STORE", raising=False)
+    with pytest.raises(ValueError, match="LORA_PIPELINE_MODEL_STORE is not set"):
+        adapter_base_model(downloaded)
+    monkeypatch.setenv("LORA_PIPELINE_MODEL_STORE", str(tiny_model_dir.parent))
+    assert Path(adapter_base_model(downloaded)) == tiny_model_dir
+    assert main(["export", str(downloaded), "--merged", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "config.json").is_file()

@@ -14,6 +14,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from pipeline.base_model import resolve_base
 from pipeline.chat_format import load_tokenizer
 from pipeline.config import SAFE_LOADING, ModelConfig
 from pipeline.train.manifest import MANIFEST, check_manifest_matches
@@ -21,14 +22,15 @@ from pipeline.train.modeling import apply_adapter, is_quantized, load_base_model
 
 
 def adapter_base_model(adapter_dir: Path) -> str:
-    """The base model recorded in the adapter's manifest (or PEFT's adapter_config.json)."""
+    """The base model recorded in the adapter's manifest (or PEFT's adapter_config.json), resolved to what
+    `from_pretrained` opens (a registry download records `model-store:DIR`; see pipeline/base_model.py)."""
     manifest = adapter_dir / MANIFEST
     if manifest.is_file():
-        return str(json.loads(manifest.read_text())["base_model"]["model_id"])
+        return resolve_base(str(json.loads(manifest.read_text())["base_model"]["model_id"]))
     peft_cfg = adapter_dir / "adapter_config.json"
     if not peft_cfg.is_file():
         raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
-    return str(json.loads(peft_cfg.read_text())["base_model_name_or_path"])
+    return resolve_base(str(json.loads(peft_cfg.read_text())["base_model_name_or_path"]))
 
 
 def merge_into(model: PeftModel) -> PreTrainedModel:
