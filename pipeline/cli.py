@@ -108,8 +108,12 @@ def _tokenizer_or_error(config: PipelineConfig) -> PreTrainedTokenizerBase:
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
-    width = max((len(k) for k in metrics), default=0) + 2
-    for k, v in sorted(metrics.items()):
+    """The run's metrics under the names the MLflow UI shows (pipeline/track/metric_names.py), by section."""
+    from pipeline.track.metric_names import sectioned
+
+    named = sectioned(metrics)
+    width = max((len(k) for k in named), default=0) + 2
+    for k, v in sorted(named.items()):
         print(f"  {k:<{width}}{v:.4f}")
 
 
