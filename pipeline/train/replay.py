@@ -21,13 +21,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from pipeline.chat_format import Example
 from pipeline.config import PipelineConfig
 from pipeline.jsonl import read_jsonl_objects
+from pipeline.train.tokenized import RowSequence
 
 # The built-in general suite's files (package data of pipeline.evaluate.general_suite, read as data).
 BUILTIN_SUITE_DIR = Path(__file__).resolve().parents[1] / "evaluate" / "general_suite"
@@ -162,7 +163,7 @@ def build_replay(tokenizer: PreTrainedTokenizerBase, config: PipelineConfig, tas
     )
 
 
-class MixedExamples(Sequence[Example]):
+class MixedExamples(RowSequence):
     """The task examples followed by the replay rows: one index space for the epoch order to shuffle."""
 
     def __init__(self, task: Sequence[Example], replay: Sequence[Example]) -> None:
@@ -171,15 +172,7 @@ class MixedExamples(Sequence[Example]):
     def __len__(self) -> int:
         return len(self._task) + len(self._replay)
 
-    @overload
-    def __getitem__(self, i: int) -> Example: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Example]: ...
-    def __getitem__(self, i: int | slice) -> Example | list[Example]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
+    def _row(self, i: int) -> Example:
         n = len(self._task)
         return self._task[i] if i < n else self._replay[i - n]
 

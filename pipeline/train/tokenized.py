@@ -106,7 +106,28 @@ def _encode_batch(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBas
     }
 
 
-class ArrowExamples(Sequence[Example]):
+class RowSequence(Sequence[Example]):
+    """Examples read one at a time by `_row(i)`, as a `Sequence`: slices and negative indices included."""
+
+    def _row(self, i: int) -> Example:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> Example: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Example]: ...
+    def __getitem__(self, i: int | slice) -> Example | list[Example]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self._row(j) for j in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"example index {i} out of range for {n} examples")
+        return self._row(i)
+
+
+class ArrowExamples(RowSequence):
     """Examples read on demand from the memory-mapped Arrow file: holding them costs no RAM per row."""
 
     def __init__(self, dataset: Any) -> None:
@@ -115,15 +136,7 @@ class ArrowExamples(Sequence[Example]):
     def __len__(self) -> int:
         return self._ds.num_rows
 
-    @overload
-    def __getitem__(self, i: int) -> Example: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Example]: ...
-    def __getitem__(self, i: int | slice) -> Example | list[Example]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
+    def _row(self, i: int) -> Example:
         row = self._ds[i]
         return Example(task_id=int(row["task_id"]), input_ids=row["input_ids"], labels=row["labels"])
 
