@@ -91,6 +91,7 @@ EXPECTED_METRICS = {
     "train/loss",
     "train/padding_frac",
     "train/peak_memory_bytes",
+    "train/replay_rows",
     "train/resumed_from_step",
     "train/step_tokens_per_s",
     "train/steps",

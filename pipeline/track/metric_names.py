@@ -49,6 +49,7 @@ FIXED: dict[str, str] = {
     "train_peak_memory_bytes": "train/peak_memory_bytes",
     "train_resumed_from_step": "train/resumed_from_step",
     "train_mfu": "train/mfu",
+    "train_replay_rows": "train/replay_rows",
     "trainable_params": "model/trainable_params",
     "trainable_share": "model/trainable_frac",
     "adapter_bytes": "model/adapter_bytes",

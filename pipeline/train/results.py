@@ -61,6 +61,8 @@ class TrainResult:
             "train_tokens_per_s": self.tokens_per_s,
             "train_peak_memory_bytes": self.peak_memory_bytes,
             "adapter_bytes": self.adapter_bytes,
+            # General-text rows mixed into training (train.replay; 0: off); the manifest has their source and hash.
+            "train_replay_rows": float((self.manifest.get("replay") or {}).get("rows", 0)),
         }
 
     def to_json_dict(self) -> dict[str, Any]:
