@@ -51,9 +51,10 @@ def test_load_config_none_gives_defaults_and_applies_overrides() -> None:
 def test_demo_yaml_loads() -> None:
     """The packaged demo config is valid and differs from the defaults where its header says."""
     cfg = load_config(Path(str(files("pipeline.demo") / "demo.yaml")))
-    assert cfg.lora.target_modules == "all-linear" and cfg.lora.r == 16
+    assert cfg.lora.target_modules == "all-linear" and cfg.lora.r == 64
     assert cfg.train.learning_rate == pytest.approx(2e-3) != PipelineConfig().train.learning_rate
-    assert cfg.train.epochs == 8 != PipelineConfig().train.epochs
+    assert cfg.train.epochs == 12 != PipelineConfig().train.epochs
+    assert cfg.train.replay.ratio == 0.5 != PipelineConfig().train.replay.ratio
     assert cfg.gate.auto_promote and cfg.eval.batch_size == 64
     assert cfg.base_model == PipelineConfig().base_model
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from label_studio_sdk import LabelStudio
 
+from pipeline.base_model import MODEL_STORE_ENV
 from pipeline.config import load_config
 from pipeline.demo.claims import claim_lines, demo_metrics, side_by_side_lines
 from pipeline.demo.demo_base import build_demo_base
@@ -111,8 +112,10 @@ def promotion_summary(
         lines += [f"  load it with:  models:/{model_name}@{a}" for a in version.aliases]
         if version.aliases:
             chat = Path(sys.executable).parent / "lora-pipeline"
+            store = os.environ.get(MODEL_STORE_ENV)
+            env = f"MLFLOW_TRACKING_URI={tracking_uri}" + (f" {MODEL_STORE_ENV}={store}" if store else "")
             lines.append(
-                f"  talk to it:    MLFLOW_TRACKING_URI={tracking_uri} {chat} chat "
+                f"  talk to it:    {env} {chat} chat "
                 f"--adapter models:/{model_name}@{version.aliases[0]} [--prompt '...'] [--base]"
             )
     else:
@@ -177,6 +180,9 @@ def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> di
     # Cached by a hash of its build settings: a second demo loads it instead of pretraining again.
     print(f"demo base model: {root / 'cache'} (built once, pretrained on general English)")
     model_dir = build_demo_base(root / "cache")
+    # The demo's cache is its model store: the registry records the base as `model-store:demo-base-...`, so a
+    # copied demo directory still opens (docs/model_store.md), instead of an absolute path with a warning.
+    os.environ.setdefault(MODEL_STORE_ENV, str(root / "cache"))
     config = load_config(DEMO_CONFIG, base_model=str(model_dir))
     creds = _credentials(root / "labelstudio" / "credentials.json")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
