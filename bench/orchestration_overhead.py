@@ -4,7 +4,7 @@ Run (starts its own servers and workers on loopback; 10-20 minutes on 2 busy cor
     .venv/bin/python bench/orchestration_overhead.py --rounds 3
 Writes bench/results/orchestration_overhead.json (raw numbers) and .md. Not run in CI (no timed tests).
 
-Data and config: the demo's (pipeline/demo/demo.yaml, seed_project's 200 sample tasks in a fresh Label Studio,
+Data and config: the demo's (pipeline/demo/demo.yaml, seed_project's demo tasks (demo_pairs(), 400) in a fresh Label Studio,
 the demo base of `make demo` (pipeline/demo/demo_base.py, built once into --base-cache and reused); `--base tiny`
 uses the tests' tiny model instead, as earlier figures did). Every torch process gets OMP_NUM_THREADS=--threads (default 1),
 as the orchestration tests' workers do, so both sides train on the same number of threads.

@@ -17,7 +17,7 @@ from pipeline.base_model import MODEL_STORE_ENV
 from pipeline.config import load_config
 from pipeline.demo.claims import claim_lines, demo_metrics, side_by_side_lines
 from pipeline.demo.demo_base import build_demo_base
-from pipeline.demo.sample_data import demo_pairs
+from pipeline.demo.sample_data import demo_pairs, sample_pairs
 from pipeline.ingest.client import (
     ProjectRef,
     connect,
@@ -56,13 +56,14 @@ class SeedSummary:
     annotated: int
 
 
-def seed_project(client: LabelStudio, title: str, categories: tuple[str, ...]) -> SeedSummary:
+def seed_project(client: LabelStudio, title: str, categories: tuple[str, ...], n: int | None = None) -> SeedSummary:
     """Create the demo project, import the demo's prompts (`demo_pairs()`: every route's fares and times asked
-    three ways, plus other desk questions) and annotate them as an annotator would (once)."""
+    three ways, plus other desk questions; `n`: the first `n` sample pairs instead, a smaller seeding for tests)
+    and annotate them as an annotator would (once). The same positions are flawed, skipped or left alone."""
     project = ensure_project(client, title, categories)
     if any(True for _ in iter_tasks(client, project.id, page_size=1)):
         return SeedSummary(project=project, imported=0, annotated=0)
-    pairs = demo_pairs()
+    pairs = demo_pairs() if n is None else sample_pairs(n)
     task_ids = import_tasks(client, project.id, [{"prompt": p["prompt"]} for p in pairs])
     annotated = 0
     for i, (task_id, pair) in enumerate(zip(task_ids, pairs, strict=True)):
