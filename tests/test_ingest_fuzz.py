@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench.malformed_tasks import (
@@ -74,8 +74,21 @@ _batches = st.integers(min_value=1, max_value=6).flatmap(
 )
 
 
+# Found by this fuzz (CI, 2026-12-05): an escaped lone surrogate in another annotation field than the winner's
+# text (a category choice) reached the agreement table's Arrow strings and raised UnicodeEncodeError.
+SURROGATE_CATEGORY = (
+    '{"id": 1, "data": {"prompt": "Question 1?", "system": "You are the helpdesk.", "context": "Order 12."}, '
+    '"annotations": [{"id": 10, "completed_by": 1, "result": [{"from_name": "response", "to_name": "prompt", '
+    '"type": "textarea", "value": {"text": ["Answer 1.0."]}}, {"from_name": "category", "to_name": "prompt", '
+    '"type": "choices", "value": {"choices": ["\\ud800 lone surrogate"]}}], "was_cancelled": false, '
+    '"ground_truth": false, "created_at": "2026-01-01T00:00:00.000001Z", '
+    '"updated_at": "2026-01-01T00:00:00.000001Z"}], "drafts": [], "predictions": [], "project": 7}'
+)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(_batches)
+@example((SURROGATE_CATEGORY,))
 def test_malformed_batches_are_accounted_for_or_cleanly_refused(texts: tuple[str, ...]) -> None:
     """Each batch is an export file: refused with a ValueError naming it, or every task lands in one bucket."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.ingest.labeling_config import CATEGORY_NAME, RESPONSE_NAME
-from pipeline.ingest.records import AnnotationRule, _annotator, _list, _result_value, pick_annotation
+from pipeline.ingest.records import AnnotationRule, _annotator, _list, _result_value, _safe_text, pick_annotation
 from pipeline.ingest.task_checks import valid_id
 
 # One row per annotator of a task: [annotator, annotation_id, category, response, winner].
@@ -62,11 +62,13 @@ def _row(
     choices = [c for c in _result_value(ann, category_name, "choices") or [] if isinstance(c, str)]
     texts = [t for t in _result_value(ann, response_name, "text") or [] if isinstance(t, str)] if keep_text else []
     ann_id = ann.get("id")
+    # Stored in Arrow/parquet (the task store, the agreement tables): lone surrogates become U+FFFD here; the
+    # winning annotation's own text is quarantined as `valid_unicode` by normalization.
     return [
-        who,
+        _safe_text(who),
         ann_id if valid_id(ann_id) else None,
-        MULTI_CHOICE_SEP.join(sorted(choices)) if choices else None,
-        "\n".join(texts) if texts else None,
+        _safe_text(MULTI_CHOICE_SEP.join(sorted(choices))) if choices else None,
+        _safe_text("\n".join(texts)) if texts else None,
         won,
     ]
 
