@@ -383,7 +383,9 @@ def import_times(env: dict[str, str], rounds: int) -> dict[str, list[float]]:
 
 
 # ---------------------------------------------------------------- the run
-def run(rounds: int, threads: int, work: Path, base: str, base_cache: Path) -> dict[str, Any]:
+def run(
+    rounds: int, threads: int, work: Path, base: str, base_cache: Path, cold_workers: bool = False
+) -> dict[str, Any]:
     from pipeline.config import load_config
     from pipeline.demo.demo_base import build_demo_base
     from pipeline.demo.runner import seed_project
@@ -436,7 +438,7 @@ def run(rounds: int, threads: int, work: Path, base: str, base_cache: Path) -> d
             "LORA_PIPELINE_CONFIG": str(DEMO_CONFIG),
             "LORA_PIPELINE_BASE_MODEL": str(model_dir),
             "MLFLOW_TRACKING_URI": mlflow_uri,
-            # The deployments run `python -m prefect.engine`: the worker's python is this venv's, as when activated.
+            # The deployments run `python -m flows.warm_start`: the worker's python is this venv's, as when activated.
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         stack.spawn(
@@ -471,15 +473,19 @@ def run(rounds: int, threads: int, work: Path, base: str, base_cache: Path) -> d
                 raise RuntimeError(f"lora-pipeline deploy failed:\n{deployed.stdout}{deployed.stderr}")
             setup["deploy_s"] = time.perf_counter() - t
             # Pool cpu as compose starts it; pool gpu one flow at a time (one GPU per worker).
+            # As compose starts them: `lora-pipeline worker` (Prefect's process worker with a warm process that
+            # forks each flow run's engine); --cold-workers: a fresh interpreter per flow run, as before.
+            cold = ["--cold"] if cold_workers else []
             stack.spawn(
-                "worker-cpu", [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--name", "bench-cpu"], env
+                "worker-cpu", [str(BIN / "lora-pipeline"), "worker", "--pool", "cpu", "--name", "bench-cpu", *cold], env
             )
             stack.spawn(
                 "worker-gpu",
-                [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--name", "bench-gpu", "--limit", "1"],
+                [str(BIN / "lora-pipeline"), "worker", "--pool", "gpu", "--name", "bench-gpu", "--limit", "1", *cold],
                 env,
             )
             _wait("both work pools READY", _pools_ready, 300, 1.0)
+            setup["workers"] = "cold" if cold_workers else "warm"
             print(f"stack up: {setup}", flush=True)
             fixed = import_times(env, rounds)
             print(f"import times: {fixed}", flush=True)
@@ -754,6 +760,9 @@ def main() -> None:
         default=Path.home() / ".cache" / "lora-pipeline" / "demo-base",
         help="where the demo base is built once and reused",
     )
+    parser.add_argument(
+        "--cold-workers", action="store_true", help="workers without a warm process (a fresh interpreter per flow run)"
+    )
     parser.add_argument("--worker", choices=("stages", "ingest"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -763,7 +772,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="orchestration-bench-"))
     try:
-        raw = run(args.rounds, args.threads, work, args.base, args.base_cache)
+        raw = run(args.rounds, args.threads, work, args.base, args.base_cache, args.cold_workers)
     except BaseException:
         print(f"failed; servers' data and logs kept in {work}", file=sys.stderr)
         raise

@@ -1,4 +1,4 @@
-"""CLI commands that set up orchestration: `deploy`, `webhook-receiver` and `labelstudio webhook`."""
+"""CLI commands that set up orchestration: `deploy`, `worker`, `webhook-receiver` and `labelstudio webhook`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"work pool {pool.name}: {'created' if pool.created else 'exists'}, {limit}")
     print(f"registered the deployments in {args.prefect_file} (prefect deployment ls lists them)")
     return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from flows.worker import run_worker
+
+    extra = [a for a in args.prefect_args if a != "--"]
+    if args.name:
+        extra += ["--name", args.name]
+    if args.limit is not None:
+        extra += ["--limit", str(args.limit)]
+    if args.with_healthcheck:
+        extra.append("--with-healthcheck")
+    return run_worker(args.pool, extra, warm=not args.cold)
 
 
 def _cmd_webhook_receiver(args: argparse.Namespace) -> int:
@@ -64,11 +77,23 @@ def _cmd_register_webhook(args: argparse.Namespace) -> int:
 
 
 def add_orchestration_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `deploy` and `webhook-receiver`."""
+    """Register `deploy`, `worker` and `webhook-receiver`."""
     dep = sub.add_parser("deploy", help="create work pools cpu/gpu and register prefect.yaml's deployments")
     dep.add_argument("--prefect-file", type=Path, default=Path("prefect.yaml"), help="default ./prefect.yaml")
     dep.add_argument("--gpu-slots", type=int, help="GPUs serving pool gpu = its concurrency limit (default: visible)")
     dep.set_defaults(func=_cmd_deploy)
+
+    work = sub.add_parser(
+        "worker",
+        help="Prefect process worker for a pool, forking flow runs from a warm process (docs/orchestration.md)",
+    )
+    work.add_argument("--pool", required=True, help="work pool to serve (cpu or gpu)")
+    work.add_argument("--name", help="worker name (default: Prefect's)")
+    work.add_argument("--limit", type=int, help="flow runs at once on this worker")
+    work.add_argument("--with-healthcheck", action="store_true", help="serve GET /health (Prefect's)")
+    work.add_argument("--cold", action="store_true", help="no warm process: every flow run starts a fresh interpreter")
+    work.add_argument("prefect_args", nargs=argparse.REMAINDER, help="after --: more `prefect worker start` options")
+    work.set_defaults(func=_cmd_worker)
 
     rec = sub.add_parser(
         "webhook-receiver", help=f"turn Label Studio webhooks into Prefect events (secret: ${SECRET_ENV})"

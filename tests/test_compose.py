@@ -172,7 +172,7 @@ def test_gpu_worker_reserves_exactly_one_nvidia_gpu_and_runs_one_flow_at_a_time(
     assert gpu.get("environment", {}).get("NVIDIA_VISIBLE_DEVICES") is None, "it would override the reservation"
 
     command = gpu["command"]
-    assert command[:3] == ["prefect", "worker", "start"]
+    assert command[:2] == ["lora-pipeline", "worker"]  # Prefect's process worker with a warm process
     assert command[command.index("--pool") + 1] == "gpu"
     assert command[command.index("--limit") + 1] == "1"
     assert gpu["image"] == "lora-pipeline:gpu"
@@ -183,7 +183,7 @@ def test_workers_leave_pool_creation_to_deploy(services: dict[str, dict[str, Any
     pools = {}
     for name in WORKERS:
         command = services[name]["command"]
-        assert isinstance(command, list) and command[:3] == ["prefect", "worker", "start"], name
+        assert isinstance(command, list) and command[:2] == ["lora-pipeline", "worker"], name
         assert not any("work-pool" in part for part in command), name
         pools[name] = command[command.index("--pool") + 1]
     assert pools == {"worker-cpu": "cpu", "worker-gpu": "gpu"}

@@ -129,7 +129,7 @@ def stack(
         "LABEL_STUDIO_API_KEY": label_studio.token,
         "MLFLOW_TRACKING_URI": mlflow_server,
         "OMP_NUM_THREADS": "1",
-        # The deployments run `python -m prefect.engine`: the worker's python is this venv's, as when activated.
+        # The deployments run `python -m flows.warm_start`: the worker's python is this venv's, as when activated.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     procs = [
@@ -153,7 +153,8 @@ def stack(
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         assert "work pool gpu: created, concurrency limit 1" in deployed.stdout
         for pool in ("cpu", "gpu"):
-            cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", f"worker-{pool}", "--limit", "1"]
+            # As shipped: Prefect's process worker with its warm process (flow runs forked, flows/warm_worker.py).
+            cmd = [str(BIN / "lora-pipeline"), "worker", "--pool", pool, "--name", f"worker-{pool}", "--limit", "1"]
             procs.append(spawn_server(cmd, env, logs / f"worker-{pool}.log", ROOT))
         yield Stack(api_url, env, root / "work", config, mlflow_server, label_studio, logs)
     finally:
