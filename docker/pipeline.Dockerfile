@@ -52,6 +52,6 @@ RUN useradd --create-home --uid 10001 pipeline \
     && chown -R pipeline:pipeline /var/lib/lora-pipeline
 USER pipeline
 
-# The commands (`prefect worker start --pool cpu|gpu ...`, `lora-pipeline webhook-receiver`)
+# The commands (`lora-pipeline worker --pool cpu|gpu ...`, `lora-pipeline webhook-receiver`)
 # are set in docker-compose.yml; this default just shows the CLI.
 CMD ["lora-pipeline", "--help"]

@@ -71,6 +71,7 @@ LATE_READ_PREFIXES: tuple[str, ...] = (
 # Set by the shell, not read by anything a flow run imports.
 SHELL_VARIABLES = frozenset({"_", "PWD", "OLDPWD", "SHLVL"})
 POLL_S = 0.05
+REQUEST_TIMEOUT_S = 10.0
 ENGINE = "prefect.engine"  # what `python -m` would run; tests give a stand-in script
 
 
@@ -221,7 +222,9 @@ class WarmProcess:
 
     def handle(self, conn: socket.socket, listener: socket.socket) -> None:
         try:
+            conn.settimeout(REQUEST_TIMEOUT_S)  # a peer that connects and says nothing must not block the rest
             request, fds = receive_request(conn)
+            conn.settimeout(None)
         except (OSError, ValueError) as exc:
             print(f"warm worker: bad request: {exc}", file=sys.stderr, flush=True)
             conn.close()
@@ -235,7 +238,14 @@ class WarmProcess:
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: this run starts cold, the warm process lives on
+            for fd in fds:
+                os.close(fd)
+            _send(conn, {"cold": f"the warm process could not fork ({exc})"})
+            conn.close()
+            return
         if pid == 0:
             listener.close()
             for other in self.engines.values():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,6 +149,20 @@ def test_variables_set_by_imports_may_differ(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and COLD not in err
     assert _report(out)["ppid"] == warm.pid
+
+
+def test_garbage_on_the_socket_is_refused_and_the_next_run_is_served(tmp_path: Path) -> None:
+    with warm_process(tmp_path) as (warm, sock):
+        for junk in (b"", b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x05{bad"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+                peer.connect(str(sock))
+                peer.sendall(junk)
+        proc = _stand_in(sock, "exit", "0", cwd=tmp_path)
+        out, err = proc.communicate(timeout=60)
+        assert warm.poll() is None  # still serving
+    assert proc.returncode == 0 and COLD not in err
+    assert _report(out)["ppid"] == warm.pid
+    assert (tmp_path / "warm.log").read_text().count("warm worker: bad request") == 3
 
 
 def test_no_warm_process_means_prefects_engine_started_as_before(tmp_path: Path) -> None:
