@@ -71,6 +71,8 @@ FORBIDDEN_MODULES: dict[str, tuple[str, ...]] = {
         "pipeline.validate.prepare",
         "flows.train_tasks",
     ),
+    # Every flow run starts with this command (prefect.yaml): it must start in milliseconds.
+    "flows.warm_start": ("prefect", "torch", "mlflow", "pydantic", "pipeline", "flows.warm_worker", "httpx"),
 }
 
 _PROBE = """
