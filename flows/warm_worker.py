@@ -68,6 +68,8 @@ LATE_READ_PREFIXES: tuple[str, ...] = (
     "CUDA_VISIBLE_DEVICES",
     "NVIDIA_VISIBLE_DEVICES",
 )
+# ... except these: Prefect configures logging when it is imported.
+IMPORT_TIME_PREFIXES: tuple[str, ...] = ("PREFECT_LOGGING_",)
 # Set by the shell, not read by anything a flow run imports.
 SHELL_VARIABLES = frozenset({"_", "PWD", "OLDPWD", "SHLVL"})
 POLL_S = 0.05
@@ -98,7 +100,9 @@ def env_differences(own: dict[str, str], requested: dict[str, str]) -> list[str]
     return sorted(
         n
         for n in names
-        if own.get(n) != requested.get(n) and not n.startswith(LATE_READ_PREFIXES) and n not in SHELL_VARIABLES
+        if own.get(n) != requested.get(n)
+        and (n.startswith(IMPORT_TIME_PREFIXES) or not n.startswith(LATE_READ_PREFIXES))
+        and n not in SHELL_VARIABLES
     )
 
 

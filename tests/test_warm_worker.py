@@ -204,6 +204,7 @@ def test_prefects_real_engine_runs_warm(tmp_path: Path) -> None:
     [
         ({"PREFECT__FLOW_RUN_ID": "x", "CUDA_VISIBLE_DEVICES": "1", "MLFLOW_TRACKING_URI": "y"}, []),
         ({"HF_HUB_OFFLINE": "1"}, ["HF_HUB_OFFLINE"]),
+        ({"PREFECT_API_URL": "http://x/api", "PREFECT_LOGGING_LEVEL": "DEBUG"}, ["PREFECT_LOGGING_LEVEL"]),
         ({"_": "/bin/sh", "PWD": "/tmp"}, []),
     ],
 )
