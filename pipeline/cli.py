@@ -124,6 +124,10 @@ def _verdict(passed: bool, version: str | None) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    # The demo's models are small: one intra-op thread trains them about as fast as two on an idle 2-core
+    # machine, and two threads ran 10x slower per step on a busy one (pipeline/demo/demo_base.py; a fresh
+    # `make demo` beside another job crawled at 3 s/step). Set before torch is imported; OMP_NUM_THREADS wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from pipeline.demo.runner import run_demo, use_demo_prefect_home
 
     use_demo_prefect_home(args.dir)
