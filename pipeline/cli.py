@@ -449,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lora-pipeline` console script."""
     args = build_parser().parse_args(argv)
+    from pipeline.library_noise import silence_library_noise
+
+    silence_library_noise()
     try:
         # Credentials in LABEL_STUDIO_URL / MLFLOW_TRACKING_URI leave the URLs (and this process's environment)
         # before any command, Prefect or MLflow can see or store them.
