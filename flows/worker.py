@@ -10,6 +10,7 @@ the worker runs anyway and every flow run starts cold, as with a plain `prefect 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +62,9 @@ def run_worker(pool: str, worker_args: list[str], *, warm: bool = True, socket_d
     env = dict(os.environ)
     env.pop(SOCKET_ENV, None)
     warm_proc = None
+    created = None
     if warm:
-        directory = socket_dir or Path(tempfile.mkdtemp(prefix="lora-pipeline-warm-"))
+        directory = socket_dir or (created := Path(tempfile.mkdtemp(prefix="lora-pipeline-warm-")))
         socket_path = directory / f"engine-{pool}-{os.getpid()}.sock"
         warm_proc = start_warm_process(socket_path, env)
         if warm_proc is not None:
@@ -85,4 +87,6 @@ def run_worker(pool: str, worker_args: list[str], *, warm: bool = True, socket_d
         _stop(worker, STOP_TIMEOUT_S)
         if warm_proc is not None:
             _stop(warm_proc, STOP_TIMEOUT_S)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
     return status

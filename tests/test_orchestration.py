@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import torch
 import yaml
@@ -158,8 +159,29 @@ def stack(
             procs.append(spawn_server(cmd, env, logs / f"worker-{pool}.log", ROOT))
         yield Stack(api_url, env, root / "work", config, mlflow_server, label_studio, logs)
     finally:
+        # Each worker's own processes (Prefect's worker, the warm process) must end with it: nothing leaks.
+        helpers = [kid for proc in procs[1:] for kid in _children(proc.pid)]
         for proc in reversed(procs):
             stop_server(proc)
+        _wait("the workers' processes (Prefect's worker, the warm process) to end", lambda: not _living(helpers), 60)
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _living(procs: list[psutil.Process]) -> list[psutil.Process]:
+    living = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                living.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return living
 
 
 def _healthy(url: str) -> bool:
