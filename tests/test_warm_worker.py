@@ -116,6 +116,7 @@ def test_sigkill_of_the_flow_run_process_kills_the_engine(tmp_path: Path) -> Non
     with warm_process(tmp_path) as (_, sock):
         proc = _stand_in(sock, "sleep", cwd=tmp_path, LORA_PIPELINE_STUB_PID_FILE=str(pid_file))
         engine = int(_wait("the engine's pid", lambda: pid_file.exists() and pid_file.read_text()))
+        assert Path(f"/proc/{engine}/comm").read_text().strip() == "flow-run-engine"  # what ps and top show
         proc.kill()
         proc.wait(timeout=30)
         _wait("the engine to die with its stand-in", lambda: not _alive(engine), 15)
