@@ -15,14 +15,18 @@ from pipeline.demo.sample_data import fact_answered
 from pipeline.evaluate.general_suite import load_general_suite
 
 
-def chance_accuracy() -> float:
-    """Expected accuracy of guessing on the built-in general suite's multiple-choice items."""
-    items = load_general_suite().mc_items
+def chance_accuracy(suite_dir: str | None = None) -> float:
+    """Expected accuracy of guessing on a general suite's multiple-choice items (None: the built-in suite; the
+    demo's config names its own, `eval.general_suite`)."""
+    items = load_general_suite(suite_dir).mc_items
     return sum(1 / len(i.choices) for i in items) / len(items)
 
 
-def demo_metrics(metrics: dict[str, float], table: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The claim figures (`demo/...`) from the run's metrics and its side-by-side rows."""
+def demo_metrics(
+    metrics: dict[str, float], table: Sequence[dict[str, Any]], suite_dir: str | None = None
+) -> dict[str, float]:
+    """The claim figures (`demo/...`) from the run's metrics, its side-by-side rows and the general suite it was
+    checked on (`suite_dir`, the config's `eval.general_suite`)."""
     checked = [
         (fact_answered(r["prompt"], r["base_output"]), fact_answered(r["prompt"], r["adapter_output"])) for r in table
     ]
@@ -35,7 +39,7 @@ def demo_metrics(metrics: dict[str, float], table: Sequence[dict[str, Any]]) -> 
         "demo/fact_questions": float(len(facts)),
         "demo/fact_accuracy_base": sum(b for b, _ in facts) / len(facts) if facts else float("nan"),
         "demo/fact_accuracy_adapter": sum(a for _, a in facts) / len(facts) if facts else float("nan"),
-        "demo/general_mc_chance": chance_accuracy(),
+        "demo/general_mc_chance": chance_accuracy(suite_dir),
     }
 
 

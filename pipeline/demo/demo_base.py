@@ -3,7 +3,10 @@
 `build_tiny_model` (tests) makes a 2-layer, hidden-64 model that cannot write a sentence, so an adapter on
 it has nothing to adapt. This base is larger (about 1.6 million parameters, a vocabulary sized for the
 corpus) and pretrained long enough to answer everyday questions in the chat template, speak everyday
-travel English and know the general suite by heart; the LoRA then teaches it the ferry desk. The directory name carries a hash of every build setting, so a second demo
+travel English and know the general suite by heart; the LoRA then teaches it the ferry desk. `corpus="world"`
+builds a base that generalises instead (pipeline/demo/world_corpus.py: about 1.3 passes over some 10,000
+distinct paragraphs of a generated world, checked on the held-out suite pipeline/demo/general_suite/); it is
+not the demo's default (bench/results/demo_learning.md). The directory name carries a hash of every build setting, so a second demo
 (or test session) with the same settings loads it instead of building it again.
 """
 
@@ -17,19 +20,25 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pipeline.demo.corpus import general_dialogues, general_texts
+from pipeline.demo.corpus import Dialogue, general_dialogues, general_texts
 from pipeline.demo.tiny_model import build_tokenizer
+from pipeline.demo.world_corpus import CORPUS_PARAGRAPHS, world_dialogues, world_texts
 from pipeline.train.replay import corpus_jsonl
 
 MARKER = "demo_base.json"
 # The general text the base was pretrained on, shipped next to its weights: the demo's replay source
 # (train.replay.source: base:general_corpus.jsonl). Replay drops the general suite's texts from it.
 CORPUS_FILE = "general_corpus.jsonl"
+# A world base writes that file with this many paragraphs to a line: a replay row is one text (up to
+# data.max_length tokens), and four paragraphs (about 180 tokens) replay four times the general text of one
+# paragraph for about 1.4x the time (bench/results/demo_learning.md: suite perplexity +47% -> +25% at the bound).
+WORLD_DOC_PARAGRAPHS = 4
 
 
 @dataclass(frozen=True)
@@ -50,17 +59,37 @@ class DemoBaseSettings:
     # reproducible across machines with different core counts.
     threads: int = 1
     corpus_version: int = 2  # bump when pipeline/demo/corpus.py changes what it generates
+    # "demo": pipeline/demo/corpus.py (the built-in suite by heart); "world": pipeline/demo/world_corpus.py, a base
+    # that generalises, for the held-out suite pipeline/demo/general_suite/ (eval.general_suite).
+    corpus: Literal["demo", "world"] = "demo"
+    # World only: paragraphs of the world in the corpus, and how often each dialogue is repeated per pass (the
+    # dialogues teach the chat template and the answer shapes the ferry desk's rows also use).
+    world_paragraphs: int = CORPUS_PARAGRAPHS
+    dialogue_repeats: int = 4
+
+    def parts(self) -> tuple[tuple[str, ...], tuple[Dialogue, ...]]:
+        """(plain texts, dialogues) of the pretraining corpus, each once."""
+        if self.corpus == "world":
+            return world_texts(self.world_paragraphs), world_dialogues()
+        return general_texts(), general_dialogues()
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        settings = asdict(self)
+        if self.corpus == "demo":  # the demo's cache name as before the world corpus existed
+            for key in ("corpus", "world_paragraphs", "dialogue_repeats"):
+                settings.pop(key)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _pretraining_stream(tokenizer: PreTrainedTokenizerFast) -> list[int]:
-    """Every text and dialogue once, as token ids, each wrapped in <s> ... </s> (dialogues by the chat template)."""
+def _pretraining_stream(tokenizer: PreTrainedTokenizerFast, s: DemoBaseSettings) -> list[int]:
+    """Every text once and every dialogue once (world: `dialogue_repeats` times), as token ids, each wrapped in
+    <s> ... </s> (dialogues by the chat template)."""
+    texts, dialogues = s.parts()
+    repeats = s.dialogue_repeats if s.corpus == "world" else 1
     ids: list[int] = []
-    for text in general_texts():
+    for text in texts:
         ids += [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-    for question, answer in general_dialogues():
+    for question, answer in dialogues * repeats:
         chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         rendered = tokenizer.apply_chat_template(chat, tokenize=False)
         ids += tokenizer(rendered, add_special_tokens=False)["input_ids"]
@@ -94,10 +123,15 @@ def _pretrain(model: LlamaForCausalLM, stream: list[int], s: DemoBaseSettings) -
     return loss_value
 
 
-def _write_corpus(model_dir: Path) -> None:
-    """The plain pretraining texts as `CORPUS_FILE` (written to a temp name and renamed: never half a file)."""
+def _write_corpus(model_dir: Path, s: DemoBaseSettings) -> None:
+    """The plain pretraining texts as `CORPUS_FILE` (world: `WORLD_DOC_PARAGRAPHS` to a line; written to a temp
+    name and renamed: never half a file)."""
+    texts, _ = s.parts()
+    if s.corpus == "world":
+        k = WORLD_DOC_PARAGRAPHS
+        texts = tuple("\n\n".join(texts[i : i + k]) for i in range(0, len(texts), k))
     tmp = model_dir / f"{CORPUS_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(corpus_jsonl(general_texts()))
+    tmp.write_text(corpus_jsonl(texts))
     tmp.rename(model_dir / CORPUS_FILE)
 
 
@@ -106,11 +140,12 @@ def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBas
     out = Path(cache_root) / f"demo-base-{settings.digest()}"
     if (out / MARKER).is_file():
         if not (out / CORPUS_FILE).is_file():  # a base cached before the corpus file was shipped with it
-            _write_corpus(out)
+            _write_corpus(out, settings)
         return out
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    corpus = list(general_texts()) + [t for qa in general_dialogues() for t in qa]
+    texts, dialogues = settings.parts()
+    corpus = list(texts) + [t for qa in dialogues for t in qa]
     tokenizer = build_tokenizer(corpus, vocab_size=settings.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -126,7 +161,7 @@ def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBas
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    stream = _pretraining_stream(tokenizer)
+    stream = _pretraining_stream(tokenizer, settings)
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -139,7 +174,7 @@ def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBas
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    _write_corpus(tmp)
+    _write_corpus(tmp, settings)
     (tmp / MARKER).write_text(
         json.dumps(
             {

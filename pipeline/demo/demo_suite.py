@@ -1,0 +1,57 @@
+"""The world's general suite: held-out samples of a world base's own world, for the forgetting check.
+
+The built-in suite (pipeline/evaluate/general_suite/) is hand-written English that the demo base could only
+know by heart, and memorised text degrades under any weight change (bench/results/demo_learning.md). This
+suite is drawn from the world a `DemoBaseSettings(corpus="world")` base learned (pipeline/demo/general_world.py)
+and held out of its corpus:
+- perplexity.jsonl: `SUITE_TEXTS` paragraphs of the corpus's generator with another seed; none is a corpus
+  text (pipeline/demo/world_corpus.py drops any that the corpus seed also drew);
+- multiple_choice.jsonl: one item per fact of the world, asked in a wording the corpus never uses
+  (`Relation.suite_ask`), with other values of the same relation as the wrong choices.
+
+The files ship in pipeline/demo/general_suite/ (a config uses them with `eval.general_suite` set to that
+directory); tests/test_demo_suite.py checks that they are what this module generates and that they stay held out.
+Regenerate with `python -m pipeline.demo.demo_suite`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.demo.general_world import paragraphs, suite_mc_items
+
+SUITE_DIR = Path(__file__).resolve().parent / "general_suite"
+SUITE_TEXTS = 120
+SUITE_SEED = 1_000  # the corpus uses seed 0
+MC_SEED = 1_001
+
+
+def suite_texts() -> list[str]:
+    """The perplexity texts (distinct, in a fixed order)."""
+    return list(dict.fromkeys(text for _, text in paragraphs(SUITE_TEXTS, SUITE_SEED)))
+
+
+def suite_files() -> dict[str, str]:
+    """The suite's files (name -> content), as the general-suite loader reads them."""
+    seen: dict[str, str] = {}
+    for kind, text in paragraphs(SUITE_TEXTS, SUITE_SEED):
+        seen.setdefault(text, kind)
+    ppl = [{"id": f"ppl-{i:03d}", "domain": kind, "text": text} for i, (text, kind) in enumerate(seen.items(), 1)]
+    mc = [{"id": f"mc-{i:03d}", **item} for i, item in enumerate(suite_mc_items(MC_SEED), 1)]
+    return {
+        "perplexity.jsonl": "".join(json.dumps(r) + "\n" for r in ppl),
+        "multiple_choice.jsonl": "".join(json.dumps(r) + "\n" for r in mc),
+    }
+
+
+def write_suite(directory: Path = SUITE_DIR) -> Path:
+    """Write the suite's files into `directory` (created if missing)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in suite_files().items():
+        (directory / name).write_text(content)
+    return directory
+
+
+if __name__ == "__main__":
+    print(write_suite())

@@ -1,0 +1,78 @@
+"""The world's general suite is held out of the world corpus and shipped as generated.
+
+The forgetting check means something only if the base did not read the suite: its perplexity texts must not
+be corpus texts, its questions' wordings must not occur in the corpus (the base learned the facts from other
+sentences), and replay must have nothing of it to drop. The shipped files must be what
+pipeline/demo/demo_suite.py generates, so that a changed world regenerates them.
+"""
+
+from __future__ import annotations
+
+from pipeline.config import load_config
+from pipeline.demo import sample_data
+from pipeline.demo.claims import chance_accuracy
+from pipeline.demo.demo_base import DemoBaseSettings
+from pipeline.demo.demo_suite import SUITE_DIR, suite_files
+from pipeline.demo.general_world import relations
+from pipeline.demo.world_corpus import world_dialogues, world_texts
+from pipeline.evaluate.general_suite import load_general_suite
+from pipeline.train.replay import exclude_suite, suite_texts
+
+
+def test_shipped_suite_is_the_generated_one() -> None:
+    for name, content in suite_files().items():
+        assert (SUITE_DIR / name).read_text() == content, f"regenerate: python -m pipeline.demo.demo_suite ({name})"
+
+
+def test_suite_loads_with_enough_items() -> None:
+    suite = load_general_suite(SUITE_DIR)
+    assert len(suite.texts) >= 100
+    assert len(suite.mc_items) >= 200
+    assert len({m.domain for m in suite.mc_items}) >= 10
+
+
+def test_suite_is_held_out_of_the_corpus() -> None:
+    suite = load_general_suite(SUITE_DIR)
+    texts = world_texts()
+    corpus = "\n".join([*texts, *(t for qa in world_dialogues() for t in qa)])
+    assert [t for t in suite.texts if t in corpus] == []
+    assert [m.question for m in suite.mc_items if m.question in corpus] == []
+    # Replay draws from the base's corpus: by construction it holds nothing the rule would have to drop.
+    kept, dropped = exclude_suite(list(texts), suite_texts(SUITE_DIR))
+    assert dropped == 0 and len(kept) == len(texts)
+
+
+def test_every_fact_the_suite_asks_is_stated_in_the_corpus() -> None:
+    """Each multiple-choice item asks one fact of the world; the corpus states every fact (subject and value in
+    one paragraph) in other words than the suite's question."""
+    paragraphs = world_texts()
+    missing = [
+        (rel.name, s, v) for rel in relations() for s, v in rel.facts if not any(s in p and v in p for p in paragraphs)
+    ]
+    assert missing == []
+    assert len(load_general_suite(SUITE_DIR).mc_items) == sum(len(rel.facts) for rel in relations())
+
+
+def test_suite_holds_no_ferry_desk_data() -> None:
+    files = "\n".join(suite_files().values()).lower()
+    names = list(sample_data.PORTS) + list(sample_data.VESSELS) + ["Brightwater", "01632 9604", "ferr"]
+    assert [n for n in names if n.lower() in files] == []
+
+
+def test_world_corpus_holds_no_ferry_desk_data() -> None:
+    corpus = "\n".join([*world_texts(), *(t for qa in world_dialogues() for t in qa)]).lower()
+    names = list(sample_data.PORTS) + list(sample_data.VESSELS) + ["Brightwater", "01632 9604", "ferr"]
+    assert [n for n in names if n.lower() in corpus] == []
+
+
+def test_a_config_can_name_the_suite() -> None:
+    cfg = load_config(None, eval={"general_suite": str(SUITE_DIR)})
+    assert cfg.eval.general_suite == str(SUITE_DIR)
+    assert 0.25 < chance_accuracy(cfg.eval.general_suite) < 0.35  # three or four choices per item
+
+
+def test_world_settings_leave_the_demo_base_name_alone() -> None:
+    """The demo's cached base keeps its directory name: the world knobs enter the hash only for a world base."""
+    demo = DemoBaseSettings()
+    assert demo.digest() == DemoBaseSettings(world_paragraphs=5, dialogue_repeats=9).digest()
+    assert DemoBaseSettings(corpus="world").digest() != demo.digest()
