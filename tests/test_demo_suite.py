@@ -8,15 +8,18 @@ pipeline/demo/demo_suite.py generates, so that a changed world regenerates them.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from pipeline.config import load_config
 from pipeline.demo import sample_data
 from pipeline.demo.claims import chance_accuracy
-from pipeline.demo.demo_base import DemoBaseSettings
+from pipeline.demo.demo_base import CORPUS_FILE, MARKER, WORLD_DOC_PARAGRAPHS, DemoBaseSettings, build_demo_base
 from pipeline.demo.demo_suite import SUITE_DIR, suite_files
 from pipeline.demo.general_world import relations
 from pipeline.demo.world_corpus import world_dialogues, world_texts
 from pipeline.evaluate.general_suite import load_general_suite
-from pipeline.train.replay import exclude_suite, suite_texts
+from pipeline.train.replay import exclude_suite, read_texts, suite_texts
 
 
 def test_shipped_suite_is_the_generated_one() -> None:
@@ -76,3 +79,16 @@ def test_world_settings_leave_the_demo_base_name_alone() -> None:
     demo = DemoBaseSettings()
     assert demo.digest() == DemoBaseSettings(world_paragraphs=5, dialogue_repeats=9).digest()
     assert DemoBaseSettings(corpus="world").digest() != demo.digest()
+
+
+def test_a_world_base_builds_and_ships_its_replay_file(tmp_path: Path) -> None:
+    """The world path end to end on a few steps: the base loads, and its replay file holds the world's paragraphs
+    four to a line, none of them a suite text."""
+    settings = DemoBaseSettings(corpus="world", steps=2, world_paragraphs=200)
+    out = build_demo_base(tmp_path, settings)
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["settings"]["corpus"] == "world"
+    texts = read_texts(out / CORPUS_FILE)
+    assert len(texts) == -(-len(world_texts(200)) // WORLD_DOC_PARAGRAPHS)
+    assert "\n\n".join(texts) == "\n\n".join(world_texts(200))
+    assert exclude_suite(texts, suite_texts(SUITE_DIR))[1] == 0

@@ -3,11 +3,12 @@
 `build_tiny_model` (tests) makes a 2-layer, hidden-64 model that cannot write a sentence, so an adapter on
 it has nothing to adapt. This base is larger (about 1.6 million parameters, a vocabulary sized for the
 corpus) and pretrained long enough to answer everyday questions in the chat template, speak everyday
-travel English and know the general suite by heart; the LoRA then teaches it the ferry desk. `corpus="world"`
-builds a base that generalises instead (pipeline/demo/world_corpus.py: about 1.3 passes over some 10,000
-distinct paragraphs of a generated world, checked on the held-out suite pipeline/demo/general_suite/); it is
-not the demo's default (bench/results/demo_learning.md). The directory name carries a hash of every build setting, so a second demo
-(or test session) with the same settings loads it instead of building it again.
+travel English and know the general suite by heart; the LoRA then teaches it the ferry desk.
+`corpus="world"` builds a base that generalises instead (pipeline/demo/world_corpus.py: about 1.2 passes
+over some 10,000 distinct paragraphs of a generated world, checked on the held-out suite
+pipeline/demo/general_suite/); it is not the demo's default (bench/results/demo_learning.md). The directory
+name carries a hash of every build setting, so a second demo (or test session) with the same settings loads
+it instead of building it again.
 """
 
 from __future__ import annotations
