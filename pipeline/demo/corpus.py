@@ -192,14 +192,27 @@ def _generated_dialogues() -> list[Dialogue]:
             (f"What is the capital of {country}?", f"The capital of {country} is {capital}."),
             (f"On which continent is {country}?", f"{country} is in {continent}."),
         ]
-    for a in range(1, 11):
-        for b in range(1, 11):
-            if a + b <= 20:
-                out.append((f"What is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}?", f"{a} plus {b} is {a + b}."))
+    out += sum_dialogues()
     for i, month in enumerate(MONTHS):
         out.append((f"Which month comes after {month}?", f"{MONTHS[(i + 1) % 12]} comes after {month}."))
     for i, day in enumerate(WEEKDAYS):
         out.append((f"What day comes after {day}?", f"{WEEKDAYS[(i + 1) % 7]} comes after {day}."))
+    return out + desk_dialogues()
+
+
+def sum_dialogues() -> list[Dialogue]:
+    """Small sums asked in words, answered in digits (both demo bases' corpora)."""
+    return [
+        (f"What is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}?", f"{a} plus {b} is {a + b}.")
+        for a in range(1, 11)
+        for b in range(1, 11)
+        if a + b <= 20
+    ]
+
+
+def desk_dialogues() -> list[Dialogue]:
+    """Opening hours and ticket prices of the inland attractions (both demo bases' corpora)."""
+    out: list[Dialogue] = []
     for place, opens, closes, cents in DESKS:
         price = "Entry is free." if cents == 0 else f"An adult ticket costs {_money(cents)}."
         out += [

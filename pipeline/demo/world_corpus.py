@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pipeline.demo.corpus import DESKS, NUMBER_WORDS, TRAVEL_WORDS, Dialogue
+from pipeline.demo.corpus import DESKS, TRAVEL_WORDS, Dialogue, desk_dialogues, sum_dialogues
 from pipeline.demo.demo_suite import suite_texts
 from pipeline.demo.general_world import LINES, add_minutes, dialogues, money, paragraphs
 
@@ -32,23 +32,7 @@ def _and(words: tuple[str, ...]) -> str:
 
 
 def _desk_dialogues() -> list[Dialogue]:
-    out: list[Dialogue] = []
-    for a in range(1, 11):
-        for b in range(1, 11):
-            if a + b <= 20:
-                out.append((f"What is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}?", f"{a} plus {b} is {a + b}."))
-    for place, opens, closes, cents in DESKS:
-        price = "Entry is free." if cents == 0 else f"An adult ticket costs {money(cents)}."
-        out += [
-            (f"What time does {place} open?", f"{place[0].upper()}{place[1:]} opens at {opens} every day."),
-            (f"When does {place} close?", f"{place[0].upper()}{place[1:]} closes at {closes}."),
-            (f"How much is a ticket for {place}?", f"{price} Children under 5 go in free."),
-            (
-                f"What are the opening hours of {place}?",
-                f"{place[0].upper()}{place[1:]} is open from {opens} to {closes}.",
-            ),
-        ]
-    return out
+    return sum_dialogues() + desk_dialogues()
 
 
 # Everyday questions about a journey's facts, several wordings each: the base learns that they ask the same thing.
