@@ -124,8 +124,22 @@ def receive_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
         for fd in fds:
             os.close(fd)
         raise ConnectionError("not a flow-run request (no header or no stdio descriptors)")
-    (length,) = struct.unpack("!I", head)
-    return json.loads(_recv_exact(conn, length)), list(fds)
+    try:
+        (length,) = struct.unpack("!I", head)
+        request = json.loads(_recv_exact(conn, length))
+        if not (
+            isinstance(request, dict)
+            and isinstance(request.get("argv"), list)
+            and isinstance(request.get("cwd"), str)
+            and isinstance(request.get("env"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in request["env"].items())
+        ):
+            raise ValueError("a flow-run request is an object with argv (list), cwd (str) and env (str -> str)")
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        raise
+    return request, list(fds)
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:

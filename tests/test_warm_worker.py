@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from flows.warm_start import SOCKET_ENV
+from flows.warm_start import SOCKET_ENV, send_request
 from flows.warm_worker import env_differences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,12 +158,17 @@ def test_garbage_on_the_socket_is_refused_and_the_next_run_is_served(tmp_path: P
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
                 peer.connect(str(sock))
                 peer.sendall(junk)
+        for request in ([1, 2], {"argv": [], "cwd": "/", "env": {"A": 1}}):  # valid JSON, not a request
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+                peer.connect(str(sock))
+                send_request(peer, request)  # type: ignore[arg-type]
+                assert peer.recv(100) == b""  # refused: closed without an engine
         proc = _stand_in(sock, "exit", "0", cwd=tmp_path)
         out, err = proc.communicate(timeout=60)
         assert warm.poll() is None  # still serving
     assert proc.returncode == 0 and COLD not in err
     assert _report(out)["ppid"] == warm.pid
-    assert (tmp_path / "warm.log").read_text().count("warm worker: bad request") == 3
+    assert (tmp_path / "warm.log").read_text().count("warm worker: bad request") == 5
 
 
 def test_no_warm_process_means_prefects_engine_started_as_before(tmp_path: Path) -> None:
