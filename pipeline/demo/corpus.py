@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
+from pipeline.demo.general_world import add_minutes, join_and, money
 from pipeline.evaluate.general_suite import load_general_suite
 
 Dialogue = tuple[str, str]
@@ -164,10 +165,6 @@ NATURE: tuple[str, ...] = (
 SUITE_REPEATS = 8
 
 
-def _money(cents: int) -> str:
-    return f"${cents // 100}.{cents % 100:02d}"
-
-
 def _suite_dialogues() -> list[Dialogue]:
     suite = load_general_suite()
     out = []
@@ -214,7 +211,7 @@ def desk_dialogues() -> list[Dialogue]:
     """Opening hours and ticket prices of the inland attractions (both demo bases' corpora)."""
     out: list[Dialogue] = []
     for place, opens, closes, cents in DESKS:
-        price = "Entry is free." if cents == 0 else f"An adult ticket costs {_money(cents)}."
+        price = "Entry is free." if cents == 0 else f"An adult ticket costs {money(cents)}."
         out += [
             (f"What time does {place} open?", f"{place[0].upper()}{place[1:]} opens at {opens} every day."),
             (f"When does {place} close?", f"{place[0].upper()}{place[1:]} closes at {closes}."),
@@ -227,37 +224,28 @@ def desk_dialogues() -> list[Dialogue]:
     return out
 
 
-def _and(words: tuple[str, ...]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def _add(hhmm: str, minutes: int) -> str:
-    total = int(hhmm[:2]) * 60 + int(hhmm[3:]) + minutes
-    return f"{total // 60 % 24:02d}:{total % 60:02d}"
-
-
 def _travel_dialogues() -> list[Dialogue]:
     """Timetable, fare and journey-time questions about the inland network, in both directions."""
     out: list[Dialogue] = []
     for mode, a, b, mins, cents, deps, days in LINES:
-        back = tuple(_add(t, mins + 10) for t in deps)
+        back = tuple(add_minutes(t, mins + 10) for t in deps)
         for o, d, times in ((a, b, deps), (b, a, back)):
             sundays = "Yes, it runs every day, Sundays included." if days == "every day" else f"No, it runs {days}."
             out += [
-                (f"When does the {mode} from {o} to {d} leave?", f"The {mode} to {d} leaves {o} at {_and(times)}."),
+                (f"When does the {mode} from {o} to {d} leave?", f"The {mode} to {d} leaves {o} at {join_and(times)}."),
                 (
                     f"How long does the {mode} take from {o} to {d}?",
                     f"The journey from {o} to {d} takes {mins} minutes by {mode}.",
                 ),
                 (
                     f"How much is a {mode} ticket from {o} to {d}?",
-                    f"A single ticket from {o} to {d} costs {_money(cents)} for an adult and "
-                    f"{_money(cents // 2)} for a child.",
+                    f"A single ticket from {o} to {d} costs {money(cents)} for an adult and "
+                    f"{money(cents // 2)} for a child.",
                 ),
                 (f"What is the earliest {mode} to {d}?", f"The earliest {mode} from {o} to {d} departs at {times[0]}."),
                 (
                     f"What time is the last {mode} home from {o}?",
-                    f"The last {mode} from {o} leaves at {times[-1]} and gets to {d} at {_add(times[-1], mins)}.",
+                    f"The last {mode} from {o} leaves at {times[-1]} and gets to {d} at {add_minutes(times[-1], mins)}.",
                 ),
                 (f"Does the {mode} from {o} to {d} run on Sundays?", sundays),
             ]
@@ -281,7 +269,7 @@ def _generated_texts() -> list[str]:
     out.append("A week has seven days, an hour has sixty minutes and a century has one hundred years.")
     out.append("A dozen eggs is twelve eggs. February has the fewest days of any month.")
     for place, opens, closes, cents in DESKS:
-        price = "entry is free" if cents == 0 else f"a ticket costs {_money(cents)}"
+        price = "entry is free" if cents == 0 else f"a ticket costs {money(cents)}"
         out.append(f"On {rng.choice(WEEKDAYS)} {place} opens at {opens} and closes at {closes}, and {price}.")
     return out
 

@@ -27,17 +27,23 @@ SUITE_SEED = 1_000  # the corpus uses seed 0
 MC_SEED = 1_001
 
 
+def _held_out() -> dict[str, str]:
+    """The perplexity texts, distinct and in a fixed order, each with its kind (the first drawn)."""
+    seen: dict[str, str] = {}
+    for kind, text in paragraphs(SUITE_TEXTS, SUITE_SEED):
+        seen.setdefault(text, kind)
+    return seen
+
+
 def suite_texts() -> list[str]:
     """The perplexity texts (distinct, in a fixed order)."""
-    return list(dict.fromkeys(text for _, text in paragraphs(SUITE_TEXTS, SUITE_SEED)))
+    return list(_held_out())
 
 
 def suite_files() -> dict[str, str]:
     """The suite's files (name -> content), as the general-suite loader reads them."""
-    seen: dict[str, str] = {}
-    for kind, text in paragraphs(SUITE_TEXTS, SUITE_SEED):
-        seen.setdefault(text, kind)
-    ppl = [{"id": f"ppl-{i:03d}", "domain": kind, "text": text} for i, (text, kind) in enumerate(seen.items(), 1)]
+    held_out = _held_out()
+    ppl = [{"id": f"ppl-{i:03d}", "domain": kind, "text": text} for i, (text, kind) in enumerate(held_out.items(), 1)]
     mc = [{"id": f"mc-{i:03d}", **item} for i, item in enumerate(suite_mc_items(MC_SEED), 1)]
     return {
         "perplexity.jsonl": "".join(json.dumps(r) + "\n" for r in ppl),

@@ -141,6 +141,11 @@ def money(cents: int) -> str:
     return f"${cents // 100}.{cents % 100:02d}"
 
 
+def join_and(words: tuple[str, ...]) -> str:
+    """ "a", "a and b", "a, b and c"."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def add_minutes(hhmm: str, minutes: int) -> str:
     total = int(hhmm[:2]) * 60 + int(hhmm[3:]) + minutes
     return f"{total // 60 % 24:02d}:{total % 60:02d}"

@@ -19,20 +19,12 @@ from functools import lru_cache
 
 from pipeline.demo.corpus import DESKS, TRAVEL_WORDS, Dialogue, desk_dialogues, sum_dialogues
 from pipeline.demo.demo_suite import suite_texts
-from pipeline.demo.general_world import LINES, add_minutes, dialogues, money, paragraphs
+from pipeline.demo.general_world import LINES, add_minutes, dialogues, join_and, money, paragraphs
 
 # World paragraphs in the corpus: about 550,000 tokens, so the demo base's 800 pretraining steps (820,000 tokens)
 # see each about 1.5 times and learn the world's facts from many wordings rather than the wordings themselves.
 CORPUS_PARAGRAPHS = 10_000
 CORPUS_SEED = 0
-
-
-def _and(words: tuple[str, ...]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def _desk_dialogues() -> list[Dialogue]:
-    return sum_dialogues() + desk_dialogues()
 
 
 # Everyday questions about a journey's facts, several wordings each: the base learns that they ask the same thing.
@@ -85,7 +77,7 @@ def _travel_dialogues() -> list[Dialogue]:
             out += [(q.format(**slots), r.format(**slots)) for _, q, r in TRAVEL_QUESTIONS]
             sundays = "Yes, it runs every day, Sundays included." if days == "every day" else f"No, it runs {days}."
             out += [
-                (f"When does the {mode} from {o} to {d} leave?", f"The {mode} to {d} leaves {o} at {_and(times)}."),
+                (f"When does the {mode} from {o} to {d} leave?", f"The {mode} to {d} leaves {o} at {join_and(times)}."),
                 (f"Does the {mode} from {o} to {d} run on Sundays?", sundays),
             ]
     return out
@@ -103,7 +95,7 @@ def _desk_texts() -> list[str]:
 @lru_cache(maxsize=1)
 def world_dialogues() -> tuple[Dialogue, ...]:
     """Question/answer pairs about the world, desks and travel, in a fixed order (each once; the base repeats them: DemoBaseSettings.dialogue_repeats)."""
-    return tuple(dialogues(CORPUS_SEED) + _desk_dialogues() + _travel_dialogues() + list(TRAVEL_WORDS))
+    return tuple(dialogues(CORPUS_SEED) + sum_dialogues() + desk_dialogues() + _travel_dialogues() + list(TRAVEL_WORDS))
 
 
 @lru_cache(maxsize=2)
