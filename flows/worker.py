@@ -57,14 +57,13 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
             proc.wait()
 
 
-def run_worker(pool: str, worker_args: list[str], *, warm: bool = True, socket_dir: Path | None = None) -> int:
+def run_worker(pool: str, worker_args: list[str], *, warm: bool = True) -> int:
     """Run the Prefect worker for `pool` until it exits; the warm process lives exactly as long."""
     env = dict(os.environ)
     env.pop(SOCKET_ENV, None)
     warm_proc = None
-    created = None
-    if warm:
-        directory = socket_dir or (created := Path(tempfile.mkdtemp(prefix="lora-pipeline-warm-")))
+    directory = Path(tempfile.mkdtemp(prefix="lora-pipeline-warm-")) if warm else None
+    if directory is not None:
         socket_path = directory / f"engine-{pool}-{os.getpid()}.sock"
         warm_proc = start_warm_process(socket_path, env)
         if warm_proc is not None:
@@ -87,6 +86,6 @@ def run_worker(pool: str, worker_args: list[str], *, warm: bool = True, socket_d
         _stop(worker, STOP_TIMEOUT_S)
         if warm_proc is not None:
             _stop(warm_proc, STOP_TIMEOUT_S)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
     return status
