@@ -141,14 +141,16 @@ def promotion_summary(
     return "\n".join(lines)
 
 
-def learning_report(tracking_uri: str, run_id: str, metrics: dict[str, float], scratch: Path) -> str:
-    """The demo's claims (loss, ROUGE-L, facts, general suite) and three answers side by side; the claim
-    figures are also logged to the MLflow run as `demo/...` metrics."""
+def learning_report(
+    tracking_uri: str, run_id: str, metrics: dict[str, float], scratch: Path, suite_dir: str | None = None
+) -> str:
+    """The demo's claims (loss, ROUGE-L, facts, general suite `suite_dir`: the config's `eval.general_suite`)
+    and three answers side by side; the claim figures are also logged to the MLflow run as `demo/...` metrics."""
     client = tracking_client(tracking_uri)
     path = client.download_artifacts(run_id, "evaluation/side_by_side_table.json", str(scratch))
     raw = json.loads(Path(path).read_text())
     table = [dict(zip(raw["columns"], row, strict=True)) for row in raw["data"]]
-    demo = demo_metrics(metrics, table)
+    demo = demo_metrics(metrics, table, suite_dir)
     for key, value in demo.items():
         if value == value and value != float("inf"):  # MLflow refuses NaN/inf
             client.log_metric(run_id, key, value)
@@ -211,7 +213,7 @@ def run_demo(demo_dir: str | Path, *, run_flow: FlowRunner, port: int = 0) -> di
         outcome = ingested.train
     if outcome is None:
         raise RuntimeError(f"the demo flow did not train: {ingested.message}")
-    learning = learning_report(tracking_uri, outcome.run_id, outcome.metrics, root / "work")
+    learning = learning_report(tracking_uri, outcome.run_id, outcome.metrics, root / "work", config.eval.general_suite)
     return {
         "learning": learning,
         "run_id": outcome.run_id,
