@@ -472,9 +472,9 @@ def run(
             if deployed.returncode != 0:
                 raise RuntimeError(f"lora-pipeline deploy failed:\n{deployed.stdout}{deployed.stderr}")
             setup["deploy_s"] = time.perf_counter() - t
-            # Pool cpu as compose starts it; pool gpu one flow at a time (one GPU per worker).
             # As compose starts them: `lora-pipeline worker` (Prefect's process worker with a warm process that
-            # forks each flow run's engine); --cold-workers: a fresh interpreter per flow run, as before.
+            # forks each flow run's engine; --cold-workers: a fresh interpreter per flow run, as before); pool gpu
+            # one flow at a time (one GPU per worker).
             cold = ["--cold"] if cold_workers else []
             stack.spawn(
                 "worker-cpu", [str(BIN / "lora-pipeline"), "worker", "--pool", "cpu", "--name", "bench-cpu", *cold], env
