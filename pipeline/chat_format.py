@@ -31,6 +31,8 @@ class Example:
     task_id: int
     input_ids: list[int]
     labels: list[int]
+    # A replay row of general text (pipeline/train/replay.py), scored by `train.replay.loss` and `.weight`.
+    replay: bool = False
 
 
 def load_tokenizer(base_model: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -158,6 +158,13 @@ class ReplayConfig(_Strict):
     # file NAME inside the base model's directory: a local base can ship the general text it was pretrained
     # on, as the demo base does (general_corpus.jsonl).
     source: str = "base:general_corpus.jsonl"
+    # How a replay token is scored: "ce", the cross-entropy of the replay text's next token (more pretraining
+    # on it), or "kl", KL(base || adapter) of the next-token distributions, the base being the same model with
+    # the adapter disabled: zero at the base, so it only pulls back where the adapter moved general text
+    # (one more forward per replay row, without gradient). See docs/replay.md.
+    loss: Literal["ce", "kl"] = "ce"
+    # A replay token's loss counts `weight` times a task token's (replay rows are often longer than responses).
+    weight: float = Field(default=1.0, gt=0, le=10)
 
     @field_validator("source")
     @classmethod
@@ -434,9 +441,25 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> PipelineCon
             loaded = {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded
+        data = _paths_from(loaded, p.resolve().parent)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return PipelineConfig.model_validate(data)
+
+
+# Config fields naming a local file or directory: a relative path in a config file means relative to that file,
+# so a config and the data it names move together and work from any working directory.
+_PATH_FIELDS = (("eval", "general_suite"), ("train", "replay", "source"))
+
+
+def _paths_from(data: dict[str, Any], root: Path) -> dict[str, Any]:
+    for keys in _PATH_FIELDS:
+        parent: Any = data
+        for key in keys[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        value = parent.get(keys[-1]) if isinstance(parent, dict) else None
+        if isinstance(value, str) and value.strip() and not value.startswith("base:") and not Path(value).is_absolute():
+            parent[keys[-1]] = str(root / value)
+    return data
 
 
 # Where a deployed flow (or a CLI command run on a worker) finds its config and base model when not told.

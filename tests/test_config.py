@@ -194,6 +194,22 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
         load_config(missing)
 
 
+def test_relative_paths_in_a_config_file_are_relative_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval.general_suite and train.replay.source written relative in a file resolve against the file's folder,
+    whatever the working directory; absolute paths and base:FILE stay as written."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    p = conf / "run.yaml"
+    p.write_text("eval:\n  general_suite: suite\ntrain:\n  replay:\n    source: ../texts/general.jsonl\n")
+    monkeypatch.chdir(REPO_ROOT)
+    c = load_config(p)
+    assert c.eval.general_suite == str(conf / "suite")
+    assert Path(c.train.replay.source).resolve() == tmp_path / "texts" / "general.jsonl"
+    p.write_text(f"eval:\n  general_suite: {tmp_path / 'abs'}\ntrain:\n  replay:\n    source: base:corpus.jsonl\n")
+    c = load_config(p)
+    assert (c.eval.general_suite, c.train.replay.source) == (str(tmp_path / "abs"), "base:corpus.jsonl")
+
+
 def test_load_config_rejects_non_mapping(tmp_path: Path) -> None:
     """A YAML whose top level is a list raises ValueError saying a mapping is needed."""
     p = tmp_path / "list.yaml"

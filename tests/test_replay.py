@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.chat_format import load_tokenizer
 from pipeline.config import PipelineConfig, ReplayConfig, load_config
 from pipeline.evaluate.general_suite import load_general_suite
 from pipeline.train.manifest import MANIFEST
+from pipeline.train.modeling import load_adapter
 from pipeline.train.recipe import plan_steps, train_adapter
 from pipeline.train.replay import (
     MixedExamples,
@@ -138,3 +140,41 @@ def test_recipe_trains_on_replay_rows_and_records_them(tiny_model_dir: Path, tmp
     assert manifest["replay"]["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     off = cfg.model_copy(update={"train": cfg.train.model_copy(update={"replay": ReplayConfig()})})
     assert off.training_fingerprint() != cfg.training_fingerprint()
+
+
+def _kl_to_base_on(model_dir: Path, adapter_dir: Path, texts: list[str]) -> float:
+    """Mean KL(base || adapter) per next-token position over `texts`."""
+    tok = load_tokenizer(str(model_dir))
+    model = load_adapter(str(model_dir), adapter_dir, torch.device("cpu"))
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tok(text)["input_ids"]])
+            adapted = torch.log_softmax(model(ids).logits[0].float(), -1)
+            with model.disable_adapter():
+                base = torch.log_softmax(model(ids).logits[0].float(), -1)
+            total += float((base.exp() * (base - adapted)).sum())
+            n += ids.size(1)
+    return total / n
+
+
+def test_kl_replay_keeps_general_text_where_the_base_had_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """train.replay.loss=kl: the same run as with ce, but the trained adapter stays far closer to the base on
+    the replay texts (ce fits them, kl holds the base's predictions); the manifest records loss and weight."""
+    source = tmp_path / "general.jsonl"
+    source.write_text(corpus_jsonl(GENERAL))
+    records = make_records(16)
+    kl = {}
+    for loss in ("ce", "kl"):
+        cfg = _config(tiny_model_dir, source, ratio=1.0, epochs=3)
+        cfg = cfg.model_copy(
+            update={
+                "train": cfg.train.model_copy(
+                    update={"replay": cfg.train.replay.model_copy(update={"loss": loss, "weight": 2.0})}
+                )
+            }
+        )
+        result = train_adapter(cfg, records, records.iloc[:0], tmp_path / loss)
+        assert result.manifest["replay"]["loss"] == loss and result.manifest["replay"]["weight"] == 2.0
+        kl[loss] = _kl_to_base_on(tiny_model_dir, tmp_path / loss, GENERAL[:8])
+    assert kl["kl"] < 0.25 * kl["ce"], kl

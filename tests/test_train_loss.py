@@ -83,3 +83,65 @@ def test_models_that_transform_logits_keep_their_own_forward(tiny_model_dir: Pat
     logits = model(**model_inputs, logits_to_keep=inputs["scored"], use_cache=False).logits  # (N, V)
     expected = F.cross_entropy(logits, inputs["targets"], reduction="sum")
     assert float(loss_model(**inputs)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def _reference_mixed(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], replay: torch.Tensor, loss: str, weight: float
+) -> torch.Tensor:
+    """Full-logits reference: cross-entropy at task positions, `loss` (ce or KL(base || adapter)) x weight at replay."""
+    model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    logp = F.log_softmax(model(**model_inputs, use_cache=False).logits[inputs["scored"]].float(), dim=-1)
+    ce = F.nll_loss(logp, inputs["targets"], reduction="none")  # (N,)
+    per = ce
+    if loss == "kl":
+        with torch.no_grad(), model.disable_adapter():
+            base = F.log_softmax(model(**model_inputs, use_cache=False).logits[inputs["scored"]].float(), dim=-1)
+        per = torch.where(replay, (base.exp() * (base - logp)).sum(-1), ce)
+    return (per * torch.where(replay, weight, 1.0)).sum()
+
+
+@pytest.mark.parametrize(
+    ("loss", "weight", "rows_per_chunk", "softcap"),
+    [("kl", 1.0, 3, False), ("kl", 0.3, 100_000, False), ("ce", 0.3, 3, False), ("kl", 0.5, 0, True)],
+)
+def test_replay_positions_get_the_replay_loss_and_weight(
+    tiny_model_dir: Path, loss: str, weight: float, rows_per_chunk: int, softcap: bool
+) -> None:
+    """Replay positions: KL(base || adapter) or cross-entropy, times train.replay.weight; task positions plain
+    cross-entropy. Same value and LoRA gradients as the full-logits reference, chunked or through the model's
+    own forward (a softcapped head)."""
+    model, inputs = _lora_model_and_batch(tiny_model_dir)
+    if softcap:
+        model.get_base_model().config.final_logit_softcapping = 30.0
+    vocab = model.get_base_model().config.vocab_size
+    n = inputs["targets"].numel()
+    replay = torch.arange(n) % 3 == 0  # (N,) a third of the scored positions are replay tokens
+    ref_loss, ref_grads = _loss_and_grads(_reference_mixed(model, inputs, replay, loss, weight), model)
+    loss_model = ScoredTokenLoss(
+        model, chunk_elements=max(rows_per_chunk, 1) * vocab, replay_loss=loss, replay_weight=weight
+    )
+    assert loss_model.chunked != softcap
+    got, grads = _loss_and_grads(loss_model(**inputs, replay=replay), model)
+    assert got == pytest.approx(ref_loss, rel=1e-5)
+    plain, _ = _loss_and_grads(loss_model(**inputs), model)  # no replay positions: plain cross-entropy
+    assert plain != pytest.approx(got, rel=1e-3)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-5 * float(ref_grads[name].abs().max()))
+
+
+def test_kl_replay_is_zero_at_the_base(tiny_model_dir: Path) -> None:
+    """A fresh adapter (LoRA B = 0) is the base: the KL replay loss and its gradient are zero; cross-entropy is not."""
+    model, inputs = _lora_model_and_batch(tiny_model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.zero_()
+    replay = torch.ones_like(inputs["targets"], dtype=torch.bool)
+    kl_model = ScoredTokenLoss(model, chunk_elements=2**24, replay_loss="kl")
+    ce_model = ScoredTokenLoss(model, chunk_elements=2**24, replay_loss="ce")
+    kl, kl_grads = _loss_and_grads(kl_model(**inputs, replay=replay), model)
+    ce, ce_grads = _loss_and_grads(ce_model(**inputs, replay=replay), model)
+    assert abs(kl) < 1e-4 * replay.numel() and ce > 1.0 * replay.numel()
+    # Float noise only: under a thousandth of the cross-entropy's gradient.
+    largest = max(float(g.abs().max()) for g in ce_grads.values())
+    assert max(float(g.abs().max()) for g in kl_grads.values()) < 1e-3 * largest

@@ -1,4 +1,4 @@
-"""The training loss: summed next-token cross-entropy at the scored positions only, logits in chunks.
+"""The training loss: summed next-token loss at the scored positions only, logits in chunks.
 
 Logits are the largest activation of LoRA training at a real vocabulary: (tokens, V) floats, plus their
 log-softmax and gradient, against a (tokens, hidden) hidden state. So only positions whose next token is a
@@ -7,9 +7,19 @@ forward and recomputed in the backward (activation checkpointing): at most one c
 log-softmax and gradient exist at a time, whatever the batch. The recompute costs one more LM-head matmul
 per scored token, so a batch that fits in one chunk skips it. The loss is the same sum as one `cross_entropy` over all scored rows (up to float
 summation order).
+
+Replay rows (pipeline/train/replay.py, docs/replay.md) are scored by `train.replay.loss`: "ce", the
+cross-entropy of the replay text's next token like any other row, or "kl", the divergence
+KL(base ‖ adapter) of the next-token distributions, where the base's are the same model's with the adapter
+disabled (one more forward, without gradient). "kl" is zero at the base and only pulls back where the
+adapter has moved the model on general text; "ce" keeps pretraining the base on the replay text. Replay
+positions are multiplied by `train.replay.weight`.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,21 +28,50 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeline.train.scoring import chunk_rows, plain_head
 
+ReplayLoss = Literal["ce", "kl"]
+
 
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")  # logits (rows, V) upcast for the softmax
 
 
+def _mixed_loss(
+    logits: torch.Tensor,  # (n, V) the adapter's
+    targets: torch.Tensor,  # (n,)
+    replay: torch.Tensor,  # (n,) bool
+    base_logits: torch.Tensor | None,  # (m, V) the base's at the replay positions (m = replay.sum()); None for "ce"
+    weight: float,
+) -> torch.Tensor:
+    """Summed loss of a chunk: cross-entropy at task positions, the replay loss times `weight` at replay ones."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    per = -logp.gather(1, targets[:, None]).squeeze(1)  # (n,) cross-entropy
+    if base_logits is not None and base_logits.size(0):
+        base_logp = F.log_softmax(base_logits.float(), dim=-1)
+        kl = (base_logp.exp() * (base_logp - logp[replay])).sum(-1)  # (m,) KL(base || adapter)
+        per = per.masked_scatter(replay, kl)
+    return (per * torch.where(replay, weight, 1.0)).sum()
+
+
 class ScoredTokenLoss(torch.nn.Module):
     """The PEFT causal LM with the loss attached, so that DDP wraps (and syncs) one forward that returns the loss.
 
-    `forward` returns the summed cross-entropy of `targets` (N,) at the `scored` (B, T) positions, row-major."""
+    `forward` returns the summed loss of `targets` (N,) at the `scored` (B, T) positions, row-major: the
+    cross-entropy, except at `replay` (N,) positions, which get `replay_loss` times `replay_weight`."""
 
-    def __init__(self, model: PeftModel, *, chunk_elements: int) -> None:
+    def __init__(
+        self,
+        model: PeftModel,
+        *,
+        chunk_elements: int,
+        replay_loss: ReplayLoss = "ce",
+        replay_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.chunked = plain_head(model.get_base_model())
         self.rows = chunk_rows(model.get_base_model().config.get_text_config().vocab_size, chunk_elements)
+        self.replay_loss = replay_loss
+        self.replay_weight = replay_weight
 
     def forward(
         self,
@@ -41,21 +80,64 @@ class ScoredTokenLoss(torch.nn.Module):
         position_ids: torch.Tensor | None,  # (B, T)
         scored: torch.Tensor,  # (B, T) bool: the next token is a response token
         targets: torch.Tensor,  # (N,)
+        replay: torch.Tensor | None = None,  # (N,) bool: the scored token is a replay row's; None: none is
     ) -> torch.Tensor:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        plain = replay is None or not bool(replay.any()) or (self.replay_loss == "ce" and self.replay_weight == 1.0)
+        distill = not plain and self.replay_loss == "kl"
         if not self.chunked:
             # use_cache=False: with a cache, transformers ignores packed position ids
             logits = self.model(**inputs, logits_to_keep=scored, use_cache=False).logits  # (N, V)
-            return F.cross_entropy(logits.float(), targets, reduction="sum")
+            if plain:
+                return F.cross_entropy(logits.float(), targets, reduction="sum")
+            assert replay is not None
+            base = None
+            if distill:
+                with torch.no_grad(), self.model.disable_adapter():
+                    base = self.model(**inputs, logits_to_keep=scored, use_cache=False).logits[replay]
+            return _mixed_loss(logits, targets, replay, base, self.replay_weight)
         causal_lm = self.model.get_base_model()  # LoRA layers are injected in place, so this still trains them
         hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state  # (B, T, C)
         hidden = hidden[scored]  # (N, C), row-major like `targets`
         head = causal_lm.get_output_embeddings()
-        if hidden.size(0) <= self.rows:
-            # One chunk: nothing would be freed before its own backward, so recomputing it would be pure cost.
-            return _chunk_loss(head, hidden, targets)
+        base_hidden = None
+        if distill:
+            with torch.no_grad(), self.model.disable_adapter():
+                base_hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state[scored]  # (N, C)
         total = hidden.new_zeros((), dtype=torch.float32)
+        one_chunk = hidden.size(0) <= self.rows
         for start in range(0, hidden.size(0), self.rows):
             end = start + self.rows
-            total = total + checkpoint(_chunk_loss, head, hidden[start:end], targets[start:end], use_reentrant=False)
+            if plain:
+                args = (head, hidden[start:end], targets[start:end])
+                part = _chunk_loss(*args) if one_chunk else checkpoint(_chunk_loss, *args, use_reentrant=False)
+            else:
+                assert replay is not None
+                bh = base_hidden[start:end] if base_hidden is not None else None
+                part = self._mixed_chunk(head, hidden[start:end], targets[start:end], replay[start:end], bh, one_chunk)
+            total = total + part
         return total
+
+    def _mixed_chunk(
+        self,
+        head: torch.nn.Module,
+        hidden: torch.Tensor,  # (n, C)
+        targets: torch.Tensor,  # (n,)
+        replay: torch.Tensor,  # (n,) bool
+        base_hidden: torch.Tensor | None,  # (n, C) the base's, for "kl"
+        one_chunk: bool,
+    ) -> torch.Tensor:
+        def fn(h: torch.Tensor) -> torch.Tensor:
+            base = None
+            if base_hidden is not None:
+                # Inside the checkpoint too: recomputed in the backward instead of held for every chunk.
+                with torch.no_grad(), self.model.disable_adapter() if _adapted(head) else nullcontext():
+                    base = head(base_hidden[replay])
+            return _mixed_loss(head(h), targets, replay, base, self.replay_weight)
+
+        return fn(hidden) if one_chunk else checkpoint(fn, hidden, use_reentrant=False)
+
+
+def _adapted(head: torch.nn.Module) -> bool:
+    """Whether the LM head itself carries LoRA weights (only when `lora.target_modules` names it)."""
+    return any("lora_" in name for name, _ in head.named_parameters())

@@ -29,6 +29,7 @@ class Batch:
     attention_mask: torch.Tensor | None  # (B, T); set for padded batches
     real_tokens: int  # non-pad input tokens
     slots: int  # B * T
+    replay: torch.Tensor | None = None  # (B, T) bool: the token belongs to a replay row; None when none does
 
     @property
     def padding_fraction(self) -> float:
@@ -61,12 +62,14 @@ def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int, device: torch
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    replay = torch.zeros((len(rows), width), dtype=torch.bool)  # (B, T)
     real = 0
     for r, row in enumerate(rows):
         at = 0
         for ex in row:
             n = len(ex.input_ids)
             input_ids[r, at : at + n] = torch.tensor(ex.input_ids)
+            replay[r, at : at + n] = ex.replay
             labels[r, at : at + n] = torch.tensor(ex.labels)
             labels[r, at] = IGNORE_INDEX  # never learn "next example's first token" across a boundary
             position_ids[r, at : at + n] = torch.arange(n)
@@ -80,6 +83,7 @@ def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int, device: torch
         attention_mask=None,
         real_tokens=real,
         slots=len(rows) * width,
+        replay=_replay_mask(replay, any(ex.replay for row in rows for ex in row), device),
     )
 
 
@@ -89,11 +93,13 @@ def collate_padded(examples: Sequence[Example], pad_id: int, device: torch.devic
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
     mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    replay = torch.zeros((len(examples), width), dtype=torch.bool)  # (B, T)
     for r, ex in enumerate(examples):
         n = len(ex.input_ids)
         input_ids[r, :n] = torch.tensor(ex.input_ids)
         labels[r, :n] = torch.tensor(ex.labels)
         mask[r, :n] = 1
+        replay[r, :n] = ex.replay
     real = sum(len(e.input_ids) for e in examples)
     return Batch(
         input_ids=input_ids.to(device),
@@ -102,7 +108,12 @@ def collate_padded(examples: Sequence[Example], pad_id: int, device: torch.devic
         attention_mask=mask.to(device),
         real_tokens=real,
         slots=len(examples) * width,
+        replay=_replay_mask(replay, any(ex.replay for ex in examples), device),
     )
+
+
+def _replay_mask(mask: torch.Tensor, any_replay: bool, device: torch.device) -> torch.Tensor | None:
+    return mask.to(device) if any_replay else None
 
 
 def make_batch(

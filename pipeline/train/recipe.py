@@ -138,7 +138,12 @@ def train_adapter(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     # The forward returns the loss (logits only at scored positions, in chunks; see pipeline/train/loss.py).
-    loss_model = ScoredTokenLoss(model, chunk_elements=LOGITS_CHUNK_ELEMENTS.get(device.type, 2**24))
+    loss_model = ScoredTokenLoss(
+        model,
+        chunk_elements=LOGITS_CHUNK_ELEMENTS.get(device.type, 2**24),
+        replay_loss=t.replay.loss,
+        replay_weight=t.replay.weight,
+    )
     # DDP all-reduces gradients during backward (bucketed); only the last micro-batch of a group syncs.
     ddp = DistributedDataParallel(loss_model) if env.enabled else loss_model
 
@@ -193,6 +198,7 @@ def train_adapter(
             scored = torch.zeros_like(batch.labels, dtype=torch.bool)  # (B, T)
             scored[:, :-1] = batch.labels[:, 1:] != IGNORE_INDEX
             targets = batch.labels[:, 1:][scored[:, :-1]]  # (N,) row-major, as the hidden states are gathered
+            replay_at = batch.replay[:, 1:][scored[:, :-1]] if batch.replay is not None else None  # (N,)
             with nullcontext() if sync else ddp.no_sync():
                 with autocast:
                     mb_loss = ddp(
@@ -201,6 +207,7 @@ def train_adapter(
                         position_ids=batch.position_ids,
                         scored=scored,
                         targets=targets,
+                        replay=replay_at,
                     )
                 loss = mb_loss * weight / n_tokens
                 # DDP averages gradients over ranks; each rank holds a part of the sum, so scale back up.

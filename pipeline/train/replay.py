@@ -46,6 +46,8 @@ class ReplayRows:
     excluded: int  # source texts dropped because they contain a general-suite text or question
     ratio: float
     task_rows: int
+    loss: str = "ce"  # train.replay.loss
+    weight: float = 1.0  # train.replay.weight
     texts_used: list[str] = field(default_factory=list, repr=False)
 
     def record(self) -> dict[str, Any]:
@@ -58,6 +60,8 @@ class ReplayRows:
             "source_sha256": self.source_sha256,
             "source_texts": self.texts,
             "excluded_suite_texts": self.excluded,
+            "loss": self.loss,
+            "weight": self.weight,
         }
 
 
@@ -122,7 +126,7 @@ def encode_replay(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
     if tokenizer.eos_token_id is not None:
         ids = [*ids, tokenizer.eos_token_id]
     return [
-        Example(task_id=task_id, input_ids=ids[i : i + max_length], labels=ids[i : i + max_length])
+        Example(task_id=task_id, input_ids=ids[i : i + max_length], labels=ids[i : i + max_length], replay=True)
         for i in range(0, len(ids), max_length)
         if len(ids[i : i + max_length]) > 1  # a one-token piece has nothing to predict
     ]
@@ -159,6 +163,8 @@ def build_replay(tokenizer: PreTrainedTokenizerBase, config: PipelineConfig, tas
         excluded=excluded,
         ratio=rc.ratio,
         task_rows=task_rows,
+        loss=rc.loss,
+        weight=rc.weight,
         texts_used=picked,
     )
 
