@@ -104,8 +104,9 @@ def _reference_mixed(
     ("loss", "weight", "rows_per_chunk", "softcap"),
     [("kl", 1.0, 3, False), ("kl", 0.3, 100_000, False), ("ce", 0.3, 3, False), ("kl", 0.5, 0, True)],
 )
+@pytest.mark.parametrize("where", ["every_third_position", "last_row_only"])
 def test_replay_positions_get_the_replay_loss_and_weight(
-    tiny_model_dir: Path, loss: str, weight: float, rows_per_chunk: int, softcap: bool
+    tiny_model_dir: Path, loss: str, weight: float, rows_per_chunk: int, softcap: bool, where: str
 ) -> None:
     """Replay positions: KL(base || adapter) or cross-entropy, times train.replay.weight; task positions plain
     cross-entropy. Same value and LoRA gradients as the full-logits reference, chunked or through the model's
@@ -115,7 +116,12 @@ def test_replay_positions_get_the_replay_loss_and_weight(
         model.get_base_model().config.final_logit_softcapping = 30.0
     vocab = model.get_base_model().config.vocab_size
     n = inputs["targets"].numel()
-    replay = torch.arange(n) % 3 == 0  # (N,) a third of the scored positions are replay tokens
+    if where == "every_third_position":
+        replay = torch.arange(n) % 3 == 0  # (N,) a third of the scored positions, in every row
+    else:  # one row's positions: the base's forward skips the other rows
+        row_of = inputs["scored"].nonzero()[:, 0]  # (N,)
+        replay = row_of == row_of.max()
+        assert 0 < int(replay.sum()) < n
     ref_loss, ref_grads = _loss_and_grads(_reference_mixed(model, inputs, replay, loss, weight), model)
     loss_model = ScoredTokenLoss(
         model, chunk_elements=max(rows_per_chunk, 1) * vocab, replay_loss=loss, replay_weight=weight

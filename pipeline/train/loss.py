@@ -93,8 +93,9 @@ class ScoredTokenLoss(torch.nn.Module):
             assert replay is not None
             base = None
             if distill:
+                rows, inputs_r, at = _replay_rows(inputs, scored, replay)
                 with torch.no_grad(), self.model.disable_adapter():
-                    base = self.model(**inputs, logits_to_keep=scored, use_cache=False).logits[replay]
+                    base = self.model(**inputs_r, logits_to_keep=at[rows], use_cache=False).logits  # (M, V)
             return _mixed_loss(logits, targets, replay, base, self.replay_weight)
         causal_lm = self.model.get_base_model()  # LoRA layers are injected in place, so this still trains them
         hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state  # (B, T, C)
@@ -102,8 +103,13 @@ class ScoredTokenLoss(torch.nn.Module):
         head = causal_lm.get_output_embeddings()
         base_hidden = None
         if distill:
+            assert replay is not None
+            # The base's hidden states at the replay positions only (M, C), row-major like `replay`'s True
+            # entries; rows without a replay token skip the base's forward.
+            rows, inputs_r, at = _replay_rows(inputs, scored, replay)
             with torch.no_grad(), self.model.disable_adapter():
-                base_hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state[scored]  # (N, C)
+                base_hidden = causal_lm.base_model(**inputs_r, use_cache=False).last_hidden_state[at[rows]]
+            before = torch.cumsum(replay, 0) - replay.long()  # (N,) replay positions before each position
         total = hidden.new_zeros((), dtype=torch.float32)
         one_chunk = hidden.size(0) <= self.rows
         for start in range(0, hidden.size(0), self.rows):
@@ -113,7 +119,10 @@ class ScoredTokenLoss(torch.nn.Module):
                 part = _chunk_loss(*args) if one_chunk else checkpoint(_chunk_loss, *args, use_reentrant=False)
             else:
                 assert replay is not None
-                bh = base_hidden[start:end] if base_hidden is not None else None
+                bh = None
+                if base_hidden is not None:
+                    first = int(before[start])
+                    bh = base_hidden[first : first + int(replay[start:end].sum())]
                 part = self._mixed_chunk(head, hidden[start:end], targets[start:end], replay[start:end], bh, one_chunk)
             total = total + part
         return total
@@ -124,7 +133,7 @@ class ScoredTokenLoss(torch.nn.Module):
         hidden: torch.Tensor,  # (n, C)
         targets: torch.Tensor,  # (n,)
         replay: torch.Tensor,  # (n,) bool
-        base_hidden: torch.Tensor | None,  # (n, C) the base's, for "kl"
+        base_hidden: torch.Tensor | None,  # (m, C) the base's at the chunk's m replay positions, for "kl"
         one_chunk: bool,
     ) -> torch.Tensor:
         def fn(h: torch.Tensor) -> torch.Tensor:
@@ -132,10 +141,20 @@ class ScoredTokenLoss(torch.nn.Module):
             if base_hidden is not None:
                 # Inside the checkpoint too: recomputed in the backward instead of held for every chunk.
                 with torch.no_grad(), self.model.disable_adapter() if _adapted(head) else nullcontext():
-                    base = head(base_hidden[replay])
+                    base = head(base_hidden)
             return _mixed_loss(head(h), targets, replay, base, self.replay_weight)
 
         return fn(hidden) if one_chunk else checkpoint(fn, hidden, use_reentrant=False)
+
+
+def _replay_rows(
+    inputs: dict[str, torch.Tensor | None], scored: torch.Tensor, replay: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None], torch.Tensor]:
+    """(rows holding a scored replay position (B,), the inputs of those rows, (B, T) scored replay positions)."""
+    at = torch.zeros_like(scored)
+    at[scored] = replay
+    rows = at.any(dim=1)
+    return rows, {k: v[rows] if v is not None else None for k, v in inputs.items()}, at
 
 
 def _adapted(head: torch.nn.Module) -> bool:
