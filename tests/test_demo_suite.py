@@ -14,9 +14,17 @@ from pathlib import Path
 from pipeline.config import load_config
 from pipeline.demo import sample_data
 from pipeline.demo.claims import chance_accuracy
-from pipeline.demo.demo_base import CORPUS_FILE, MARKER, WORLD_DOC_PARAGRAPHS, DemoBaseSettings, build_demo_base
+from pipeline.demo.demo_base import (
+    CORPUS_FILE,
+    MARKER,
+    REPLAY_FILE,
+    WORLD_DOC_PARAGRAPHS,
+    DemoBaseSettings,
+    build_demo_base,
+)
 from pipeline.demo.demo_suite import SUITE_DIR, suite_files
 from pipeline.demo.general_world import relations
+from pipeline.demo.replay_questions import LINES_PER_TEXT, REPLAY_ASK, replay_quiz_lines
 from pipeline.demo.world_corpus import world_dialogues, world_texts
 from pipeline.evaluate.general_suite import load_general_suite
 from pipeline.train.replay import exclude_suite, read_texts, suite_texts
@@ -75,9 +83,9 @@ def test_a_config_can_name_the_suite() -> None:
 
 
 def test_world_settings_leave_the_demo_base_name_alone() -> None:
-    """The demo's cached base keeps its directory name: the world knobs enter the hash only for a world base."""
-    demo = DemoBaseSettings()
-    assert demo.digest() == DemoBaseSettings(world_paragraphs=5, dialogue_repeats=9).digest()
+    """The earlier demo base keeps its cache name: the world knobs enter the hash only for a world base."""
+    demo = DemoBaseSettings(corpus="demo")
+    assert demo.digest() == DemoBaseSettings(corpus="demo", world_paragraphs=5, dialogue_repeats=9).digest()
     assert DemoBaseSettings(corpus="world").digest() != demo.digest()
 
 
@@ -92,3 +100,29 @@ def test_a_world_base_builds_and_ships_its_replay_file(tmp_path: Path) -> None:
     assert len(texts) == -(-len(world_texts(200)) // WORLD_DOC_PARAGRAPHS)
     assert "\n\n".join(texts) == "\n\n".join(world_texts(200))
     assert exclude_suite(texts, suite_texts(SUITE_DIR))[1] == 0
+    # The replay file: each of those texts, then LINES_PER_TEXT general questions; nothing of the suite.
+    replay = read_texts(out / REPLAY_FILE)
+    assert len(replay) == len(texts)
+    for text, row in zip(texts, replay, strict=True):
+        head, _, quiz = row.partition(text + "\n\n")
+        assert head == "" and len(quiz.split("\n")) == 2 * LINES_PER_TEXT, row
+    assert exclude_suite(replay, suite_texts(SUITE_DIR))[1] == 0
+    # A base cached before the replay file was shipped gets it on the next load.
+    (out / REPLAY_FILE).unlink()
+    assert build_demo_base(tmp_path, settings) == out and read_texts(out / REPLAY_FILE) == replay
+
+
+def test_replay_questions_use_wordings_neither_the_corpus_nor_the_suite_has() -> None:
+    """Replay's extra questions stand in for a broad general corpus: every relation is asked in new wordings,
+    none of them the corpus's or the suite's, and no line holds a suite question."""
+    assert set(REPLAY_ASK) == {rel.name for rel in relations()}
+    for rel in relations():
+        ours = set(REPLAY_ASK[rel.name])
+        assert len(ours) >= 3 and not ours & {*rel.ask, rel.suite_ask}, rel.name
+    lines = replay_quiz_lines()
+    assert len(lines) == sum(len(rel.facts) * len(REPLAY_ASK[rel.name]) for rel in relations())
+    questions = [m.question for m in load_general_suite(SUITE_DIR).mc_items]
+    assert not any(q in line for line in lines for q in questions)
+    corpus = "\n".join([*world_texts(), *(t for qa in world_dialogues() for t in qa)])
+    asked = {line.split("\n")[0].removeprefix("Question: ") for line in lines}
+    assert not any(q in corpus for q in asked)  # the base never read one of these questions

@@ -1,14 +1,15 @@
-"""The demo's base model: a small Llama-style LM pretrained on the generated general corpus, built once and cached.
+"""The demo's base model: a small Llama-style LM pretrained on a generated general corpus, built once and cached.
 
 `build_tiny_model` (tests) makes a 2-layer, hidden-64 model that cannot write a sentence, so an adapter on
 it has nothing to adapt. This base is larger (about 1.6 million parameters, a vocabulary sized for the
-corpus) and pretrained long enough to answer everyday questions in the chat template, speak everyday
-travel English and know the general suite by heart; the LoRA then teaches it the ferry desk.
-`corpus="world"` builds a base that generalises instead (pipeline/demo/world_corpus.py: about 1.2 passes
-over some 10,000 distinct paragraphs of a generated world, checked on the held-out suite
-pipeline/demo/general_suite/); it is not the demo's default (bench/results/demo_learning.md). The directory
-name carries a hash of every build setting, so a second demo (or test session) with the same settings loads
-it instead of building it again.
+corpus) and pretrained long enough to answer everyday questions in the chat template and speak everyday
+travel English; the LoRA then teaches it the ferry desk. By default (`corpus="world"`) it learns a generated
+world (pipeline/demo/world_corpus.py: about 1.2 passes over some 10,000 distinct paragraphs) and generalises,
+so the forgetting check scores it on a held-out suite of that world (pipeline/demo/general_suite/, the demo
+config's `eval.general_suite`): texts it never saw, questions in wordings it never read. `corpus="demo"` is the
+earlier base (pipeline/demo/corpus.py, the built-in suite by heart, about 12 passes), kept for comparison
+(bench/results/demo_learning.md). The directory name carries a hash of every build setting, so a second demo
+(or test session) with the same settings loads it instead of building it again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pipeline.demo.corpus import Dialogue, general_dialogues, general_texts
+from pipeline.demo.replay_questions import replay_texts
 from pipeline.demo.tiny_model import build_tokenizer
 from pipeline.demo.world_corpus import CORPUS_PARAGRAPHS, world_dialogues, world_texts
 from pipeline.train.replay import corpus_jsonl
@@ -40,6 +42,9 @@ CORPUS_FILE = "general_corpus.jsonl"
 # data.max_length tokens), and four paragraphs (about 180 tokens) replay four times the general text of one
 # paragraph for about 1.4x the time (bench/results/demo_learning.md: suite perplexity +47% -> +25% at the bound).
 WORLD_DOC_PARAGRAPHS = 4
+# A world base also ships its replay file: those texts, each followed by general questions in wordings the base
+# never read (pipeline/demo/replay_questions.py); the demo's train.replay.source is base:general_replay.jsonl.
+REPLAY_FILE = "general_replay.jsonl"
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,10 @@ class DemoBaseSettings:
     # reproducible across machines with different core counts.
     threads: int = 1
     corpus_version: int = 2  # bump when pipeline/demo/corpus.py changes what it generates
-    # "demo": pipeline/demo/corpus.py (the built-in suite by heart); "world": pipeline/demo/world_corpus.py, a base
-    # that generalises, for the held-out suite pipeline/demo/general_suite/ (eval.general_suite).
-    corpus: Literal["demo", "world"] = "demo"
+    # "world": pipeline/demo/world_corpus.py, a base that generalises, for the held-out suite
+    # pipeline/demo/general_suite/ (the demo's eval.general_suite); "demo": pipeline/demo/corpus.py, the earlier
+    # base with the built-in suite by heart.
+    corpus: Literal["demo", "world"] = "world"
     # World only: paragraphs of the world in the corpus, and how often each dialogue is repeated per pass (the
     # dialogues teach the chat template and the answer shapes the ferry desk's rows also use).
     world_paragraphs: int = CORPUS_PARAGRAPHS
@@ -125,22 +131,28 @@ def _pretrain(model: LlamaForCausalLM, stream: list[int], s: DemoBaseSettings) -
 
 
 def _write_corpus(model_dir: Path, s: DemoBaseSettings) -> None:
-    """The plain pretraining texts as `CORPUS_FILE` (world: `WORLD_DOC_PARAGRAPHS` to a line; written to a temp
-    name and renamed: never half a file)."""
+    """The plain pretraining texts as `CORPUS_FILE` (world: `WORLD_DOC_PARAGRAPHS` to a line, and `REPLAY_FILE`;
+    each written to a temp name and renamed: never half a file)."""
     texts, _ = s.parts()
     if s.corpus == "world":
         k = WORLD_DOC_PARAGRAPHS
         texts = tuple("\n\n".join(texts[i : i + k]) for i in range(0, len(texts), k))
-    tmp = model_dir / f"{CORPUS_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(corpus_jsonl(texts))
-    tmp.rename(model_dir / CORPUS_FILE)
+        _write_atomically(model_dir / REPLAY_FILE, corpus_jsonl(replay_texts(texts)))
+    _write_atomically(model_dir / CORPUS_FILE, corpus_jsonl(texts))
+
+
+def _write_atomically(path: Path, content: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(content)
+    tmp.rename(path)
 
 
 def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBaseSettings()) -> Path:
     """The demo base under `cache_root/demo-base-<hash of settings>`: loaded if built before, else built and saved."""
     out = Path(cache_root) / f"demo-base-{settings.digest()}"
     if (out / MARKER).is_file():
-        if not (out / CORPUS_FILE).is_file():  # a base cached before the corpus file was shipped with it
+        shipped = [CORPUS_FILE, REPLAY_FILE] if settings.corpus == "world" else [CORPUS_FILE]
+        if not all((out / name).is_file() for name in shipped):  # cached before these files were shipped with it
             _write_corpus(out, settings)
         return out
     started = time.perf_counter()

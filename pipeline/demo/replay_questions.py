@@ -1,0 +1,70 @@
+"""The demo's replay file: the world base's pretraining paragraphs, each followed by general-knowledge questions
+in wordings the base never read.
+
+Why (bench/results/demo_learning.md, KL replay on the world base): the world corpus asks each kind of fact in
+only two wordings, far narrower than any real general corpus. An adapter trained on the ferry desk, whose
+questions are all new to the base, learns "a question in words I have not seen gets a desk answer", and replay
+of the corpus alone holds the base only where the corpus reaches: on the held-out suite's questions (a third
+wording) KL(base || adapter) at the answer was 0.76 nats against 0.04 on the corpus's own quiz lines, and
+about 30 of the 261 multiple-choice items flipped. A real replay set (general instruction data) asks things in
+many ways; these lines stand in for that breadth. With `train.replay.loss: kl` their answers are not taught:
+each position's target is the base's own prediction.
+
+The wordings here are instructions and inverted questions ("Tell me ...", "Name ...", "... eats what?"): none
+is a corpus wording (`Relation.ask`) or the suite's (`Relation.suite_ask`), and no line contains a suite
+question (tests/test_demo_suite.py); the replay's suite-exclusion rule checks the file again at every run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from pipeline.demo.general_world import relations
+
+# Per relation (general_world.relations()): wordings with {s} (subject) and {a_s} ("a"/"an" + subject).
+REPLAY_ASK: dict[str, tuple[str, ...]] = {
+    "animal_home": ("Tell me where {a_s} lives.", "Name the home of {a_s}.", "{a_s} lives where?"),
+    "animal_food": ("Tell me what {a_s} eats.", "Name the food of {a_s}.", "{a_s} eats what?"),
+    "animal_sound": ("Tell me the sound of {a_s}.", "Name the call of {a_s}.", "{a_s} goes how?"),
+    "capital": ("Tell me the capital of {s}.", "Name the capital city of {s}.", "{s} has its capital where?"),
+    "continent": ("Tell me the continent of {s}.", "Name the continent {s} is on.", "{s} is on what continent?"),
+    "language": ("Tell me the language of {s}.", "Name the language spoken in {s}.", "People in {s} speak what?"),
+    "food_kind": (
+        "Tell me what kind of food {a_s} is.",
+        "Name the kind of food {a_s} is.",
+        "{a_s} is what kind of food?",
+    ),
+    "food_colour": ("Tell me the colour of {a_s}.", "Name the colour of {a_s}.", "{a_s} is what colour?"),
+    "object_room": (
+        "Tell me the room where the {s} is kept.",
+        "Name the room with the {s}.",
+        "The {s} is kept in what room?",
+    ),
+    "object_use": ("Tell me what the {s} is used for.", "Name the use of the {s}.", "The {s} is used for what?"),
+    "workplace": ("Tell me where {a_s} works.", "Name the workplace of {a_s}.", "{a_s} works where?"),
+    "season": ("Tell me the season of {s}.", "Name the season {s} is in.", "{s} is in what season?"),
+    "next_month": ("Tell me the month after {s}.", "Name the month after {s}.", "After {s} comes what month?"),
+    "next_day": ("Tell me the day after {s}.", "Name the day after {s}.", "After {s} comes what day?"),
+}
+# Question lines appended to each replay text (measured: 4 -> 21 flipped items, 8 -> 19, 16 -> see the bench).
+LINES_PER_TEXT = 16
+
+
+def replay_quiz_lines() -> tuple[str, ...]:
+    """Every fact of the world in every replay wording, as "Question: ...\\nAnswer: value" lines."""
+    lines = []
+    for rel in relations():
+        for s, v in rel.facts:
+            a_s = ("an " if s[0].lower() in "aeiou" else "a ") + s
+            for wording in REPLAY_ASK[rel.name]:
+                q = wording.format(s=s, a_s=a_s)
+                lines.append(f"Question: {q[0].upper() + q[1:]}\nAnswer: {v}")
+    return tuple(lines)
+
+
+def replay_texts(texts: Sequence[str], per_text: int = LINES_PER_TEXT, seed: int = 0) -> list[str]:
+    """Each text followed by `per_text` question lines drawn by `seed` (the demo base's replay file)."""
+    pool = replay_quiz_lines()
+    rng = random.Random(seed)
+    return [f"{t}\n\n" + "\n".join(rng.sample(pool, per_text)) for t in texts]
