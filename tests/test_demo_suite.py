@@ -90,8 +90,8 @@ def test_world_settings_leave_the_demo_base_name_alone() -> None:
 
 
 def test_a_world_base_builds_and_ships_its_replay_file(tmp_path: Path) -> None:
-    """The world path end to end on a few steps: the base loads, and its replay file holds the world's paragraphs
-    four to a line, none of them a suite text."""
+    """The world path end to end on a few steps: the base loads, its corpus file holds the world's paragraphs
+    four to a line and its replay file one to a line with general questions, none of them a suite text."""
     settings = DemoBaseSettings(corpus="world", steps=2, world_paragraphs=200)
     out = build_demo_base(tmp_path, settings)
     marker = json.loads((out / MARKER).read_text())
@@ -100,10 +100,10 @@ def test_a_world_base_builds_and_ships_its_replay_file(tmp_path: Path) -> None:
     assert len(texts) == -(-len(world_texts(200)) // WORLD_DOC_PARAGRAPHS)
     assert "\n\n".join(texts) == "\n\n".join(world_texts(200))
     assert exclude_suite(texts, suite_texts(SUITE_DIR))[1] == 0
-    # The replay file: each of those texts, then LINES_PER_TEXT general questions; nothing of the suite.
+    # The replay file: each paragraph on its own row, then LINES_PER_TEXT general questions; nothing of the suite.
     replay = read_texts(out / REPLAY_FILE)
-    assert len(replay) == len(texts)
-    for text, row in zip(texts, replay, strict=True):
+    assert len(replay) == len(world_texts(200))
+    for text, row in zip(world_texts(200), replay, strict=True):
         head, _, quiz = row.partition(text + "\n\n")
         assert head == "" and len(quiz.split("\n")) == 2 * LINES_PER_TEXT, row
     assert exclude_suite(replay, suite_texts(SUITE_DIR))[1] == 0

@@ -42,8 +42,9 @@ CORPUS_FILE = "general_corpus.jsonl"
 # data.max_length tokens), and four paragraphs (about 180 tokens) replay four times the general text of one
 # paragraph for about 1.4x the time (bench/results/demo_learning.md: suite perplexity +47% -> +25% at the bound).
 WORLD_DOC_PARAGRAPHS = 4
-# A world base also ships its replay file: those texts, each followed by general questions in wordings the base
-# never read (pipeline/demo/replay_questions.py); the demo's train.replay.source is base:general_replay.jsonl.
+# A world base also ships its replay file: its paragraphs one to a row, each followed by general questions in
+# wordings the base never read (pipeline/demo/replay_questions.py); the demo's train.replay.source is
+# base:general_replay.jsonl.
 REPLAY_FILE = "general_replay.jsonl"
 
 
@@ -135,9 +136,9 @@ def _write_corpus(model_dir: Path, s: DemoBaseSettings) -> None:
     each written to a temp name and renamed: never half a file)."""
     texts, _ = s.parts()
     if s.corpus == "world":
+        _write_atomically(model_dir / REPLAY_FILE, corpus_jsonl(replay_texts(texts)))  # one paragraph to a row
         k = WORLD_DOC_PARAGRAPHS
         texts = tuple("\n\n".join(texts[i : i + k]) for i in range(0, len(texts), k))
-        _write_atomically(model_dir / REPLAY_FILE, corpus_jsonl(replay_texts(texts)))
     _write_atomically(model_dir / CORPUS_FILE, corpus_jsonl(texts))
 
 

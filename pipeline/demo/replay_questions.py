@@ -47,8 +47,10 @@ REPLAY_ASK: dict[str, tuple[str, ...]] = {
     "next_month": ("Tell me the month after {s}.", "Name the month after {s}.", "After {s} comes what month?"),
     "next_day": ("Tell me the day after {s}.", "Name the day after {s}.", "After {s} comes what day?"),
 }
-# Question lines appended to each replay text (measured: 4 -> 21 flipped items, 8 -> 19, 16 -> see the bench).
-LINES_PER_TEXT = 16
+# Question lines after each paragraph. Measured (bench/results/demo_learning.md, multiple-choice items the demo
+# adapter flips): 30-36 without them; rows of four paragraphs with 4, 8 or 16 lines 19-23, and more lines cost
+# held-out fares; rows of one paragraph with 2 lines (shorter rows: less training time) 29, netting +9.
+LINES_PER_TEXT = 2
 
 
 def replay_quiz_lines() -> tuple[str, ...]:
@@ -64,7 +66,8 @@ def replay_quiz_lines() -> tuple[str, ...]:
 
 
 def replay_texts(texts: Sequence[str], per_text: int = LINES_PER_TEXT, seed: int = 0) -> list[str]:
-    """Each text followed by `per_text` question lines drawn by `seed` (the demo base's replay file)."""
+    """Each text (a world paragraph) followed by `per_text` question lines drawn by `seed` (the demo base's replay
+    file)."""
     pool = replay_quiz_lines()
     rng = random.Random(seed)
     return [f"{t}\n\n" + "\n".join(rng.sample(pool, per_text)) for t in texts]

@@ -1,5 +1,5 @@
 """The world corpus: general English about the small world of pipeline/demo/general_world.py, for a demo base
-that generalises instead of memorising (`DemoBaseSettings(corpus="world")`; not the demo's default yet).
+that generalises instead of memorising (`DemoBaseSettings(corpus="world")`, the demo's base).
 
 Two parts, both deterministic: plain texts (`CORPUS_PARAGRAPHS` paragraphs about the world, about 450,000
 tokens, and sentences about service desks) and question/answer dialogues (every world fact asked in the
@@ -9,8 +9,8 @@ port, vessel, timetable, fare or policy; tested).
 
 The world's general suite (pipeline/demo/general_suite/, pipeline/demo/demo_suite.py) is drawn from the same
 world but held out: no suite text is a corpus text and no suite question's wording occurs in the corpus, so a
-base's score on it measures what it generalised, not what it memorised. Why this is not the demo's default:
-bench/results/demo_learning.md (issue-14 world-base experiments).
+base's score on it measures what it generalised, not what it memorised (bench/results/demo_learning.md,
+issue-14 world-base experiments).
 """
 
 from __future__ import annotations
