@@ -83,7 +83,7 @@ def _norm(text: str) -> str:
 def exclude_suite(texts: Sequence[str], suite: Sequence[str]) -> tuple[list[str], int]:
     """(texts that contain no suite text or question, number dropped); whitespace is normalized first."""
     needles = [_norm(s) for s in suite if s.strip()]
-    kept = [t for t in texts if not any(n in _norm(t) for n in needles)]
+    kept = [t for t, flat in zip(texts, map(_norm, texts), strict=True) if not any(n in flat for n in needles)]
     return kept, len(texts) - len(kept)
 
 
