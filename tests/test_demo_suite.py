@@ -18,6 +18,7 @@ from pipeline.demo.demo_base import (
     CORPUS_FILE,
     MARKER,
     REPLAY_FILE,
+    REPLAY_PARAGRAPHS,
     WORLD_DOC_PARAGRAPHS,
     DemoBaseSettings,
     build_demo_base,
@@ -91,7 +92,7 @@ def test_world_settings_leave_the_demo_base_name_alone() -> None:
 
 def test_a_world_base_builds_and_ships_its_replay_file(tmp_path: Path) -> None:
     """The world path end to end on a few steps: the base loads, its corpus file holds the world's paragraphs
-    four to a line and its replay file one to a line with general questions, none of them a suite text."""
+    four to a line and its replay file two to a line with general questions, none of them a suite text."""
     settings = DemoBaseSettings(corpus="world", steps=2, world_paragraphs=200)
     out = build_demo_base(tmp_path, settings)
     marker = json.loads((out / MARKER).read_text())
@@ -100,10 +101,13 @@ def test_a_world_base_builds_and_ships_its_replay_file(tmp_path: Path) -> None:
     assert len(texts) == -(-len(world_texts(200)) // WORLD_DOC_PARAGRAPHS)
     assert "\n\n".join(texts) == "\n\n".join(world_texts(200))
     assert exclude_suite(texts, suite_texts(SUITE_DIR))[1] == 0
-    # The replay file: each paragraph on its own row, then LINES_PER_TEXT general questions; nothing of the suite.
+    # The replay file: the paragraphs REPLAY_PARAGRAPHS to a row, then LINES_PER_TEXT general questions; nothing
+    # of the suite.
     replay = read_texts(out / REPLAY_FILE)
-    assert len(replay) == len(world_texts(200))
-    for text, row in zip(world_texts(200), replay, strict=True):
+    paragraphs = world_texts(200)
+    rows = ["\n\n".join(paragraphs[i : i + REPLAY_PARAGRAPHS]) for i in range(0, len(paragraphs), REPLAY_PARAGRAPHS)]
+    assert len(replay) == len(rows)
+    for text, row in zip(rows, replay, strict=True):
         head, _, quiz = row.partition(text + "\n\n")
         assert head == "" and len(quiz.split("\n")) == 2 * LINES_PER_TEXT, row
     assert exclude_suite(replay, suite_texts(SUITE_DIR))[1] == 0

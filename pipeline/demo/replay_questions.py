@@ -47,9 +47,9 @@ REPLAY_ASK: dict[str, tuple[str, ...]] = {
     "next_month": ("Tell me the month after {s}.", "Name the month after {s}.", "After {s} comes what month?"),
     "next_day": ("Tell me the day after {s}.", "Name the day after {s}.", "After {s} comes what day?"),
 }
-# Question lines after each paragraph. Measured (bench/results/demo_learning.md, multiple-choice items the demo
-# adapter flips): 30-36 without them; rows of four paragraphs with 4, 8 or 16 lines 19-23, and more lines cost
-# held-out fares; rows of one paragraph with 2 lines (shorter rows: less training time) 29, netting +9.
+# Question lines after each replay row. Measured (bench/results/demo_learning.md, multiple-choice items the demo
+# adapter flips): 30-36 without them; rows of four paragraphs with 4, 8 or 16 lines 19-23 (more lines cost
+# held-out fares); rows of one or two paragraphs with 2 lines 20-29. Which way the flips net varies by seed.
 LINES_PER_TEXT = 2
 
 
