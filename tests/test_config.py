@@ -54,9 +54,8 @@ def test_demo_yaml_loads() -> None:
     assert cfg.lora.target_modules == "all-linear" and cfg.lora.r == 64
     assert cfg.train.learning_rate == pytest.approx(2e-3) != PipelineConfig().train.learning_rate
     assert cfg.train.epochs == 12 != PipelineConfig().train.epochs
-    assert cfg.train.replay.ratio == 0.5 != PipelineConfig().train.replay.ratio
+    assert cfg.train.replay.ratio == 1.0 != PipelineConfig().train.replay.ratio
     assert cfg.train.replay.loss == "kl" != PipelineConfig().train.replay.loss
-    assert cfg.train.replay.weight == 2.0 != PipelineConfig().train.replay.weight
     # The demo's held-out suite, named relative to demo.yaml: found from any working directory.
     assert Path(str(cfg.eval.general_suite)) == Path(str(files("pipeline.demo") / "general_suite"))
     assert (Path(str(cfg.eval.general_suite)) / "multiple_choice.jsonl").is_file()
