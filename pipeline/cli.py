@@ -18,7 +18,7 @@ from pipeline.cli_review import add_review_parsers
 from pipeline.cli_sweep import add_sweep_parser
 from pipeline.ingest.client import LabelStudioError
 from pipeline.ingest.reconcile import ReconciliationError
-from pipeline.ingest.server import LabelStudioStartError
+from pipeline.ingest.server import LabelStudioStartError, signals_exit
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -133,7 +133,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     use_demo_prefect_home(args.dir)
     from flows.local_api import prefect_api
 
-    with prefect_api():
+    # `kill` (SIGTERM/SIGHUP) stops the demo's Label Studio and Prefect API too, not only this process.
+    with signals_exit(), prefect_api():
         from flows.ingest_flow import ingest_flow
 
         out = run_demo(args.dir, port=args.port, run_flow=ingest_flow)

@@ -9,7 +9,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -117,6 +118,23 @@ def wait_healthy(
         time.sleep(1.0)
     stop_server(proc)
     raise error(f"{name} did not answer {url}{health_path} within {timeout_s:.0f}s; log tail:\n{log_tail(log_path)}")
+
+
+@contextmanager
+def signals_exit(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Inside: SIGTERM/SIGHUP raise SystemExit(128 + signal) instead of ending the process on the spot, so that
+    every `with` server inside stops its process group. Servers run in their own group (`spawn_server`), so a
+    signal to the parent never reaches them: `kill` of a demo used to leave Label Studio running."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    before = {n: signal.signal(n, _exit) for n in signums}
+    try:
+        yield
+    finally:
+        for n, handler in before.items():
+            signal.signal(n, handler)
 
 
 def log_tail(log_path: Path, lines: int = 30) -> str:
