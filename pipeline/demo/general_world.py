@@ -129,11 +129,11 @@ HOUSEHOLD = (
 # fmt: on
 
 
-def _a(word: str) -> str:
+def with_article(word: str) -> str:
     return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
-def _cap(text: str) -> str:
+def capitalised(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
@@ -380,10 +380,10 @@ def relations() -> tuple[Relation, ...]:
 def _slots(s: str, v: str, rng: random.Random) -> dict[str, str]:
     return {
         "s": s,
-        "a_s": _a(s),
-        "A_s": _cap(_a(s)),
+        "a_s": with_article(s),
+        "A_s": capitalised(with_article(s)),
         "v": v,
-        "a_v": _a(v),
+        "a_v": with_article(v),
         "name": rng.choice(NAMES),
         "day": rng.choice(WEEKDAYS),
     }
@@ -405,7 +405,7 @@ _LOWER = ("A ", "An ", "The ", "In ", "After ", "For ", "Every ", "If ", "On ", 
 
 
 def _state(rel: Relation, s: str, v: str, rng: random.Random, template: str | None = None) -> str:
-    sentence = _cap((template or rng.choice(rel.say)).format(**_slots(s, v, rng)))
+    sentence = capitalised((template or rng.choice(rel.say)).format(**_slots(s, v, rng)))
     if rng.random() < 0.3:
         opening = rng.choice(_OPENINGS).format(
             name=rng.choice(NAMES), name2=rng.choice(NAMES), day=rng.choice(WEEKDAYS)
@@ -462,7 +462,7 @@ def _trip_paragraph(rng: random.Random) -> str:
     first = rng.choice(
         (
             f"On {day} {who} took the {t} {mode} from {o} to {d}.",
-            f"{_cap(day)} morning: {who} caught the {t} {mode} in {o}, going to {d}.",
+            f"{capitalised(day)} morning: {who} caught the {t} {mode} in {o}, going to {d}.",
             f"{name} wanted to visit {d}, so {name} went to {o} for the {t} {mode}.",
         )
     )
@@ -498,7 +498,7 @@ def _quiz(rng: random.Random, rels: tuple[Relation, ...]) -> str:
     for _ in range(rng.randint(3, 6)):
         rel = rng.choice(rels)
         s, v = rng.choice(rel.facts)
-        q = _cap(rng.choice(rel.ask).format(**_slots(s, v, rng)))
+        q = capitalised(rng.choice(rel.ask).format(**_slots(s, v, rng)))
         lines.append(f"Question: {q}\nAnswer: {v}")
     return "\n".join(lines)
 
@@ -546,7 +546,7 @@ def dialogues(seed: int) -> list[tuple[str, str]]:
         for s, v in rel.facts:
             for ask in rel.ask:
                 slots = _slots(s, v, rng)
-                out.append((_cap(ask.format(**slots)), _cap(rel.answer.format(**slots))))
+                out.append((capitalised(ask.format(**slots)), capitalised(rel.answer.format(**slots))))
     return out
 
 
@@ -561,6 +561,6 @@ def suite_mc_items(seed: int, choices: int = 4) -> list[dict[str, object]]:
             wrong = rng.sample([x for x in values if x != v], min(choices - 1, len(values) - 1))
             opts = [v, *wrong]
             rng.shuffle(opts)
-            question = _cap(rel.suite_ask.format(**_slots(s, v, rng)))
+            question = capitalised(rel.suite_ask.format(**_slots(s, v, rng)))
             items.append({"domain": rel.name, "question": question, "choices": opts, "answer": opts.index(v)})
     return items

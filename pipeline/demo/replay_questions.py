@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from pipeline.demo.general_world import relations
+from pipeline.demo.general_world import capitalised, relations, with_article
 
 # Per relation (general_world.relations()): wordings with {s} (subject) and {a_s} ("a"/"an" + subject).
 REPLAY_ASK: dict[str, tuple[str, ...]] = {
@@ -58,10 +58,9 @@ def replay_quiz_lines() -> tuple[str, ...]:
     lines = []
     for rel in relations():
         for s, v in rel.facts:
-            a_s = ("an " if s[0].lower() in "aeiou" else "a ") + s
             for wording in REPLAY_ASK[rel.name]:
-                q = wording.format(s=s, a_s=a_s)
-                lines.append(f"Question: {q[0].upper() + q[1:]}\nAnswer: {v}")
+                q = capitalised(wording.format(s=s, a_s=with_article(s)))
+                lines.append(f"Question: {q}\nAnswer: {v}")
     return tuple(lines)
 
 

@@ -74,18 +74,19 @@ class ScoredTokenLoss(torch.nn.Module):
         self.rows = chunk_rows(model.get_base_model().config.get_text_config().vocab_size, chunk_elements)
         self.replay_loss = replay_loss
         self.replay_weight = replay_weight
-        # The LoRA layers, found once: toggled directly for the base's forward (see `base_only`).
-        self._lora_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        # The LoRA layers, found once: toggled directly for the base's forward (see `base_only`); none when this
+        # PEFT's layers lack the flag, and then the public way is used.
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        self._lora_layers = layers if all(hasattr(m, "_disable_adapters") for m in layers) else []
         self._head_adapted = _adapted(model.get_base_model().get_output_embeddings())
 
     def base_only(self) -> AbstractContextManager[None]:
         """The base model's outputs, for a forward without gradient. `PeftModel.disable_adapter()` walks every
         module and flips requires_grad on each side: 7 ms a call on the demo base, 15% of its training step. With
         no gradient needed, switching the known LoRA layers' flag is enough (tests compare both)."""
-        layers = self._lora_layers
-        if not layers or not all(hasattr(m, "_disable_adapters") for m in layers):
+        if not self._lora_layers:
             return self.model.disable_adapter()  # a PEFT without that flag: the public way
-        return _adapters_off(layers)
+        return _adapters_off(self._lora_layers)
 
     def forward(
         self,
