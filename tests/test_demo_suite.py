@@ -62,7 +62,19 @@ def test_every_fact_the_suite_asks_is_stated_in_the_corpus() -> None:
         (rel.name, s, v) for rel in relations() for s, v in rel.facts if not any(s in p and v in p for p in paragraphs)
     ]
     assert missing == []
-    assert len(load_general_suite(SUITE_DIR).mc_items) == sum(len(rel.facts) for rel in relations())
+
+
+def test_every_fact_is_asked_in_three_wordings_that_share_a_group() -> None:
+    """Three suite wordings per relation, none the corpus's; a fact's items form one group (the bootstrap's unit)."""
+    items = load_general_suite(SUITE_DIR).mc_items
+    assert len(items) == sum(len(rel.facts) * len(rel.suite_ask) for rel in relations())
+    for rel in relations():
+        assert len(set(rel.suite_ask)) == 3 and not set(rel.suite_ask) & set(rel.ask), rel.name
+    groups: dict[str, list[str]] = {}
+    for m in items:
+        groups.setdefault(m.group, []).append(m.question)
+    assert len(groups) == sum(len(rel.facts) for rel in relations())
+    assert all(len(set(qs)) == 3 for qs in groups.values())
 
 
 def test_suite_holds_no_ferry_desk_data() -> None:
@@ -122,7 +134,7 @@ def test_replay_questions_use_wordings_neither_the_corpus_nor_the_suite_has() ->
     assert set(REPLAY_ASK) == {rel.name for rel in relations()}
     for rel in relations():
         ours = set(REPLAY_ASK[rel.name])
-        assert len(ours) >= 3 and not ours & {*rel.ask, rel.suite_ask}, rel.name
+        assert len(ours) >= 3 and not ours & {*rel.ask, *rel.suite_ask}, rel.name
     lines = replay_quiz_lines()
     assert len(lines) == sum(len(rel.facts) * len(REPLAY_ASK[rel.name]) for rel in relations())
     questions = [m.question for m in load_general_suite(SUITE_DIR).mc_items]

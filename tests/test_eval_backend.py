@@ -7,6 +7,8 @@ one that forces left truncation and several rolling windows per text.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,10 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.chat_format import load_tokenizer
 from pipeline.config import LM_EVAL_BACKEND
+from pipeline.evaluate.forgetting import compare
+from pipeline.evaluate.general_suite import load_general_suite
 from pipeline.evaluate.harness import harness_forgetting_scores, load_tasks, task_manager
+from pipeline.evaluate.intervals import accuracy_delta
 from pipeline.evaluate.lm_eval_backend import PipelineLM, _rows
 from pipeline.evaluate.merged_adapter import merged_adapter
 
@@ -103,6 +108,27 @@ def test_forgetting_scores_equal_across_backends(adapted: PeftModel, tiny_model_
         assert got["general_suite_ppl"].values == pytest.approx(want["general_suite_ppl"].values, rel=1e-6)
     # The adapter changed the scores: the comparison is not base-vs-base.
     assert ours[0]["general_suite_ppl"].values != ours[1]["general_suite_ppl"].values
+
+
+def test_suite_groups_reach_the_scores_and_the_interval(
+    adapted: PeftModel, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A suite whose items carry a `group` (one fact in several wordings): lm-eval hands the group through to the
+    per-document scores, and the forgetting comparison resamples groups, not items."""
+    suite = load_general_suite()
+    (tmp_path / "perplexity.jsonl").write_text(
+        "".join(json.dumps({"id": t.id, "domain": t.domain, "text": t.text}) + "\n" for t in suite.text_items)
+    )
+    rows = [{**asdict(m), "choices": list(m.choices), "group": f"pair-{i // 2}"} for i, m in enumerate(suite.mc_items)]
+    (tmp_path / "multiple_choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load_tokenizer(str(tiny_model_dir))
+    base, adapter = harness_forgetting_scores(adapted, tok, TASKS, suite_dir=str(tmp_path), batch_size=16)
+    mc = base["general_suite_mc"]
+    assert mc.groups == [f"pair-{i // 2}" for i in range(len(suite.mc_items))]
+    assert base["general_suite_ppl"].groups == [""] * len(suite.text_items)
+    (got,) = [c for c in compare(base, adapter, samples=300, confidence=0.95, seed=1) if c.kind == "accuracy"]
+    kw: dict[str, Any] = {"samples": 300, "seed": 1}
+    assert got.delta == accuracy_delta(mc.values, adapter["general_suite_mc"].values, groups=mc.groups, **kw)
 
 
 def test_choices_of_one_item_share_one_row_and_rows_stay_within_the_window() -> None:

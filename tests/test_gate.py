@@ -58,6 +58,26 @@ def test_loss_improvement_sign() -> None:
     assert d.estimate == pytest.approx(0.75) and d.low > 0
 
 
+def test_grouped_items_are_resampled_as_one_unit() -> None:
+    """A fact asked three times in the same way carries no more evidence than one item: with its three items in one
+    group the interval equals the one-item-per-fact interval (same seed); scored as independent items the same
+    data gives a narrower, overconfident interval."""
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 2, 120).astype(float)
+    adapter = np.where(rng.random(120) < 0.15, 1 - base, base)
+    one = accuracy_delta(base.tolist(), adapter.tolist(), samples=2000, seed=5)
+    tripled_b, tripled_a = np.repeat(base, 3).tolist(), np.repeat(adapter, 3).tolist()
+    groups = [f"fact-{i}" for i in np.repeat(np.arange(120), 3)]
+    grouped = accuracy_delta(tripled_b, tripled_a, samples=2000, seed=5, groups=groups)
+    assert (grouped.estimate, grouped.low, grouped.high) == pytest.approx((one.estimate, one.low, one.high))
+    naive = accuracy_delta(tripled_b, tripled_a, samples=2000, seed=5)
+    assert naive.se < 0.7 * one.se  # what ignoring the groups would claim
+    # An empty group is an item on its own: no groups at all is the plain item bootstrap.
+    assert accuracy_delta(tripled_b, tripled_a, samples=2000, seed=5, groups=[""] * 360) == naive
+    with pytest.raises(ValueError, match="groups: 3 labels for 360 items"):
+        accuracy_delta(tripled_b, tripled_a, samples=10, groups=["a", "b", "c"])
+
+
 def test_mismatched_item_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="same non-zero number of items"):
         accuracy_delta([1.0, 0.0], [1.0], samples=100)

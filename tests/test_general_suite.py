@@ -121,6 +121,7 @@ MC_CASES: dict[str, tuple[str, str]] = {
     "answer_too_big": (_mc_changed(answer=2), "field 'answer'"),
     "duplicate_id": (_mc_changed(id="mc-001"), "field 'id'"),
     "id_not_str": (_mc_changed(id=2), "field 'id'"),
+    "group_not_str": (_mc_changed(group=3), "field 'group'"),
 }
 
 

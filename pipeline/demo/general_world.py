@@ -179,15 +179,15 @@ class Relation:
     """One kind of fact: subjects with their values, how the corpus states and asks it, and how the suite asks it.
 
     `say`: statement templates (slots: s subject, a_s "a subject", v value, name, day); `ask`: the corpus's
-    question wordings (quiz lines and chat dialogues); `suite_ask`: the suite's question wording, never in
-    the corpus; `answer`: the full-sentence answer of a chat dialogue.
+    question wordings (quiz lines and chat dialogues); `suite_ask`: the suite's question wordings, none in
+    the corpus (each fact is asked in every one); `answer`: the full-sentence answer of a chat dialogue.
     """
 
     name: str
     facts: tuple[tuple[str, str], ...]
     say: tuple[str, ...]
     ask: tuple[str, ...]
-    suite_ask: str
+    suite_ask: tuple[str, ...]
     answer: str
 
 
@@ -208,7 +208,11 @@ def relations() -> tuple[Relation, ...]:
                 "{name} said that the {s} sleeps {v}.",
             ),
             ("Where does {a_s} live?", "Where can you see {a_s}?"),
-            "Where would you most likely spot {a_s}?",
+            (
+                "Where would you most likely spot {a_s}?",
+                "Where is {a_s} usually found?",
+                "Where might you come across {a_s}?",
+            ),
             "{A_s} lives {v}.",
         ),
         Relation(
@@ -223,7 +227,11 @@ def relations() -> tuple[Relation, ...]:
                 "{name} knows that {a_s} likes {v}.",
             ),
             ("What does {a_s} eat?", "What food does {a_s} like?"),
-            "Which food is {a_s} most likely to eat?",
+            (
+                "Which food is {a_s} most likely to eat?",
+                "What would {a_s} choose to eat?",
+                "What makes a good meal for {a_s}?",
+            ),
             "{A_s} eats {v}.",
         ),
         Relation(
@@ -237,7 +245,11 @@ def relations() -> tuple[Relation, ...]:
                 "The sound of {a_s} is {v}.",
             ),
             ("What does {a_s} say?", "What sound does {a_s} make?"),
-            "Which noise comes from {a_s}?",
+            (
+                "Which noise comes from {a_s}?",
+                "What would you hear from {a_s}?",
+                "How does {a_s} call out?",
+            ),
             "{A_s} says {v}.",
         ),
         Relation(
@@ -251,7 +263,11 @@ def relations() -> tuple[Relation, ...]:
                 "In {s}, the biggest offices of the state are in {v}.",
             ),
             ("What is the capital of {s}?", "Which city is the capital of {s}?"),
-            "Which city is {s}'s capital?",
+            (
+                "Which city is {s}'s capital?",
+                "In which city is the capital of {s}?",
+                "Which city would you visit to see the capital of {s}?",
+            ),
             "The capital of {s} is {v}.",
         ),
         Relation(
@@ -264,7 +280,11 @@ def relations() -> tuple[Relation, ...]:
                 "On a map of {v} you will find {s}.",
             ),
             ("On which continent is {s}?", "Where is {s}?"),
-            "To which continent does {s} belong?",
+            (
+                "To which continent does {s} belong?",
+                "Which continent has the country {s}?",
+                "Which part of the world is {s} in?",
+            ),
             "{s} is in {v}.",
         ),
         Relation(
@@ -277,7 +297,11 @@ def relations() -> tuple[Relation, ...]:
                 "In {s} the signs are written in {v}.",
             ),
             ("What language do people speak in {s}?", "What is the language of {s}?"),
-            "Which language would you hear most in {s}?",
+            (
+                "Which language would you hear most in {s}?",
+                "Which language do the people of {s} use?",
+                "What do people in {s} talk in?",
+            ),
             "People in {s} speak {v}.",
         ),
         Relation(
@@ -290,7 +314,11 @@ def relations() -> tuple[Relation, ...]:
                 "Of all the foods, the {s} counts as {a_v}.",
             ),
             ("What is {a_s}?", "Is {a_s} a fruit or a vegetable?"),
-            "What sort of food is {a_s}?",
+            (
+                "What sort of food is {a_s}?",
+                "How would you describe {a_s} as a food?",
+                "Which group of foods does {a_s} belong to?",
+            ),
             "{A_s} is {a_v}.",
         ),
         Relation(
@@ -303,7 +331,11 @@ def relations() -> tuple[Relation, ...]:
                 "The skin of {a_s} is {v}.",
             ),
             ("What colour is {a_s}?", "What colour is a ripe {s}?"),
-            "Which colour would you expect {a_s} to be?",
+            (
+                "Which colour would you expect {a_s} to be?",
+                "What colour does {a_s} usually have?",
+                "Which colour is {a_s} when it is ripe?",
+            ),
             "A ripe {s} is {v}.",
         ),
         Relation(
@@ -316,7 +348,11 @@ def relations() -> tuple[Relation, ...]:
                 "{name} looked in the {v} for the {s} on {day}.",
             ),
             ("Where is the {s} kept?", "In which room is the {s}?"),
-            "Which part of a home usually holds the {s}?",
+            (
+                "Which part of a home usually holds the {s}?",
+                "In which room would you look for the {s}?",
+                "Where in a house does the {s} usually go?",
+            ),
             "The {s} is in the {v}.",
         ),
         Relation(
@@ -329,7 +365,11 @@ def relations() -> tuple[Relation, ...]:
                 "At home, the {s} {v}.",
             ),
             ("What does the {s} do?", "What is {a_s} for?"),
-            "What job does {a_s} do in a home?",
+            (
+                "What job does {a_s} do in a home?",
+                "What would you use {a_s} for?",
+                "Why do people keep {a_s}?",
+            ),
             "The {s} {v}.",
         ),
         Relation(
@@ -342,7 +382,11 @@ def relations() -> tuple[Relation, ...]:
                 "You will meet {a_s} at the {v}.",
             ),
             ("Where does {a_s} work?", "Where does the {s} go to work?"),
-            "At which place does {a_s} spend the working day?",
+            (
+                "At which place does {a_s} spend the working day?",
+                "Where would you find {a_s} at work?",
+                "Which place does {a_s} go to each working day?",
+            ),
             "{A_s} works in {a_v}.",
         ),
         Relation(
@@ -355,7 +399,11 @@ def relations() -> tuple[Relation, ...]:
                 "In {s} it is {v}.",
             ),
             ("In which season is {s}?", "Is {s} in summer or winter?"),
-            "Which season is {s} part of?",
+            (
+                "Which season is {s} part of?",
+                "Which season does {s} fall in?",
+                "During which season is {s}?",
+            ),
             "{s} is in {v}.",
         ),
         Relation(
@@ -363,7 +411,11 @@ def relations() -> tuple[Relation, ...]:
             months,
             ("After {s} comes {v}.", "{v} follows {s}.", "{name} waited for the end of {s}, and then {v} came."),
             ("Which month comes after {s}?", "What month follows {s}?"),
-            "Which month is next after {s}?",
+            (
+                "Which month is next after {s}?",
+                "Which month starts when {s} ends?",
+                "Once {s} is over, which month begins?",
+            ),
             "{v} comes after {s}.",
         ),
         Relation(
@@ -371,7 +423,11 @@ def relations() -> tuple[Relation, ...]:
             days,
             ("After {s} comes {v}.", "{v} follows {s}.", "{name} works on {s} and rests on {v}."),
             ("What day comes after {s}?", "Which day follows {s}?"),
-            "Which day is next after {s}?",
+            (
+                "Which day is next after {s}?",
+                "Which day starts when {s} ends?",
+                "Once {s} is over, which day begins?",
+            ),
             "{v} comes after {s}.",
         ),
     )
@@ -551,16 +607,27 @@ def dialogues(seed: int) -> list[tuple[str, str]]:
 
 
 def suite_mc_items(seed: int, choices: int = 4) -> list[dict[str, object]]:
-    """One multiple-choice item per fact, asked in the relation's suite wording; distractors are other values
-    of the same relation, drawn by `seed`."""
+    """Each fact asked in every suite wording of its relation, one item per wording, with distractors (other
+    values of the same relation) drawn by `seed` for each item. The items of one fact share a `group`, which the
+    forgetting check's bootstrap resamples as one unit: three wordings make the estimate steadier, not the
+    number of facts larger."""
     rng = random.Random(seed)
     items: list[dict[str, object]] = []
     for rel in relations():
         values = sorted({v for _, v in rel.facts})
         for s, v in rel.facts:
-            wrong = rng.sample([x for x in values if x != v], min(choices - 1, len(values) - 1))
-            opts = [v, *wrong]
-            rng.shuffle(opts)
-            question = capitalised(rel.suite_ask.format(**_slots(s, v, rng)))
-            items.append({"domain": rel.name, "question": question, "choices": opts, "answer": opts.index(v)})
+            for wording in rel.suite_ask:
+                wrong = rng.sample([x for x in values if x != v], min(choices - 1, len(values) - 1))
+                opts = [v, *wrong]
+                rng.shuffle(opts)
+                question = capitalised(wording.format(**_slots(s, v, rng)))
+                items.append(
+                    {
+                        "domain": rel.name,
+                        "question": question,
+                        "choices": opts,
+                        "answer": opts.index(v),
+                        "group": f"{rel.name}:{s}",
+                    }
+                )
     return items

@@ -128,7 +128,7 @@ def compare(
         a = adapter[name]
         if b.doc_ids != a.doc_ids or b.weights != a.weights:
             raise AssertionError(f"task {name}: base and adapter were scored on different documents")
-        kw: dict[str, Any] = {"samples": samples, "confidence": confidence, "seed": seed}
+        kw: dict[str, Any] = {"samples": samples, "confidence": confidence, "seed": seed, "groups": b.groups or None}
         if b.kind == "accuracy":
             delta = accuracy_delta(b.values, a.values, **kw)
         else:

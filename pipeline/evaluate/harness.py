@@ -47,6 +47,8 @@ class TaskScores:
     # The aggregate lm-eval itself reported, kept to cross-check our aggregation.
     harness_value: float = float("nan")
     domains: list[str] = field(default_factory=list)
+    # Per document: its group in the suite ("" = on its own); the bootstrap resamples a group as one unit.
+    groups: list[str] = field(default_factory=list)
 
     @property
     def value(self) -> float:
@@ -82,6 +84,7 @@ def _scores_from_samples(task: str, samples: list[dict[str, Any]], aggregate: di
         raise ValueError(f"lm-eval task {task!r} produced no samples; check eval.limit and the task's split")
     first = rows[0]
     domains = [str(r["doc"].get("domain", "")) if isinstance(r.get("doc"), dict) else "" for r in rows]
+    groups = [str(r["doc"].get("group") or "") if isinstance(r.get("doc"), dict) else "" for r in rows]
     if _ACCURACY_KEY in first:
         return TaskScores(
             task=task,
@@ -91,6 +94,7 @@ def _scores_from_samples(task: str, samples: list[dict[str, Any]], aggregate: di
             weights=[1.0] * len(rows),
             harness_value=float(aggregate.get(f"{_ACCURACY_KEY},none", float("nan"))),
             domains=domains,
+            groups=groups,
         )
     if _PERPLEXITY_KEY in first:
         return TaskScores(
@@ -101,6 +105,7 @@ def _scores_from_samples(task: str, samples: list[dict[str, Any]], aggregate: di
             weights=[float(r[_PERPLEXITY_KEY][1]) for r in rows],
             harness_value=float(aggregate.get(f"{_PERPLEXITY_KEY},none", float("nan"))),
             domains=domains,
+            groups=groups,
         )
     raise ValueError(
         f"lm-eval task {task!r} logs neither {_ACCURACY_KEY!r} nor {_PERPLEXITY_KEY!r} per document; "

@@ -4,6 +4,10 @@ Base and adapter are scored on the same items, so each resample draws item indic
 applies them to both sides: the interval reflects the noise of the comparison, not of two
 independent estimates (which would be much wider and hide real forgetting). Each interval carries the
 bootstrap standard error, from which the minimum detectable effect follows (`minimum_detectable_effect`).
+
+Items that are not independent (several wordings of one question, several questions on one passage) carry a
+group: the bootstrap then resamples whole groups (a cluster bootstrap), so asking one fact three ways narrows
+the interval only as far as the three answers really vary independently, never as if they were three facts.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,6 +55,17 @@ def _ratio_of_sums(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndar
     return num[idx].sum(axis=1) / den[idx].sum(axis=1)
 
 
+def _clusters(groups: Sequence[str], n: int) -> np.ndarray:
+    """Cluster index per item: items sharing a non-empty group are one cluster; an empty group is its own."""
+    if len(groups) != n:
+        raise ValueError(f"groups: {len(groups)} labels for {n} items")
+    index: dict[str, int] = {}
+    out = np.empty(n, dtype=np.int64)
+    for i, g in enumerate(groups):
+        out[i] = index.setdefault(g if g else f"\0item{i}", len(index))
+    return out
+
+
 def paired_delta(
     base: tuple[Sequence[float], Sequence[float]],
     adapter: tuple[Sequence[float], Sequence[float]],
@@ -60,18 +75,25 @@ def paired_delta(
     samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> Interval:
     """Interval on `stat(adapter) - stat(base)` (or `/ stat(base) - 1` for kind="relative"), where
     stat = transform(sum(numerators) / sum(denominators)) over the same resampled items.
 
     Accuracy: numerators = 0/1 per item, denominators = 1. Perplexity: numerators = NLL, denominators
-    = tokens (or words), transform = exp.
+    = tokens (or words), transform = exp. `groups` (one label per item; "" = on its own): resample whole
+    groups instead of items, i.e. sum each group's numerators and denominators and bootstrap the groups.
     """
     b_num, b_den = np.asarray(base[0], dtype=float), np.asarray(base[1], dtype=float)
     a_num, a_den = np.asarray(adapter[0], dtype=float), np.asarray(adapter[1], dtype=float)
     n = len(b_num)
     if n == 0 or not (len(b_den) == len(a_num) == len(a_den) == n):
         raise ValueError(f"paired bootstrap needs the same non-zero number of items on both sides, got {n}")
+    if groups is not None and any(groups):
+        cluster = _clusters(groups, n)
+        k = int(cluster.max()) + 1
+        b_num, b_den, a_num, a_den = (np.bincount(cluster, x, k) for x in (b_num, b_den, a_num, a_den))
+        n = k
 
     def delta(b: np.ndarray, a: np.ndarray) -> np.ndarray:
         return a / b - 1.0 if kind == "relative" else a - b
@@ -93,19 +115,19 @@ def paired_delta(
     return Interval(estimate=point, low=float(low), high=float(high), confidence=confidence, se=se)
 
 
-def mean_delta(base: Sequence[float], adapter: Sequence[float], **kw: float | int) -> Interval:
+def mean_delta(base: Sequence[float], adapter: Sequence[float], **kw: Any) -> Interval:
     """Adapter mean minus base mean of a per-item score (ROUGE-L, 0/1 correctness), paired over items."""
     ones = [1.0] * len(base)
-    return paired_delta((base, ones), (adapter, ones), **kw)  # type: ignore[arg-type]
+    return paired_delta((base, ones), (adapter, ones), **kw)
 
 
-def accuracy_delta(base_correct: Sequence[float], adapter_correct: Sequence[float], **kw: float | int) -> Interval:
-    """Adapter accuracy minus base accuracy (fractions), paired over items."""
+def accuracy_delta(base_correct: Sequence[float], adapter_correct: Sequence[float], **kw: Any) -> Interval:
+    """Adapter accuracy minus base accuracy (fractions), paired over items (or over `groups=`)."""
     return mean_delta(base_correct, adapter_correct, **kw)
 
 
 def perplexity_change(
-    base: tuple[Sequence[float], Sequence[float]], adapter: tuple[Sequence[float], Sequence[float]], **kw: float | int
+    base: tuple[Sequence[float], Sequence[float]], adapter: tuple[Sequence[float], Sequence[float]], **kw: Any
 ) -> Interval:
     """Relative perplexity change (adapter / base - 1) from per-item (NLL, weight) pairs."""
     return paired_delta(base, adapter, transform=np.exp, kind="relative", **kw)  # type: ignore[arg-type]

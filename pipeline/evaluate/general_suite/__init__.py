@@ -27,6 +27,9 @@ class McItem:
     question: str
     choices: tuple[str, ...]
     answer: int
+    # Items sharing a group (e.g. one fact asked in several wordings) are resampled together by the
+    # forgetting check's bootstrap; "" (the default) is an item on its own.
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,10 @@ def _load_mc(source: Traversable | Path, label: str) -> tuple[McItem, ...]:
             raise ValueError(f"{where}: field 'answer' must be an integer, got {answer!r}")
         if not 0 <= answer < len(choices):
             raise ValueError(f"{where}: field 'answer' {answer} is out of range for {len(choices)} choices")
-        items.append(McItem(item_id, domain, question, tuple(choices), answer))
+        group = obj.get("group", "")
+        if not isinstance(group, str):
+            raise ValueError(f"{where}: field 'group' must be a string, got {group!r}")
+        items.append(McItem(item_id, domain, question, tuple(choices), answer, group))
     return tuple(items)
 
 

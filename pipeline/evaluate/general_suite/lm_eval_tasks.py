@@ -25,6 +25,7 @@ _MC_FEATURES = Features(
         "question": Value("string"),
         "choices": List(Value("string")),
         "answer": Value("int64"),
+        "group": Value("string"),
     }
 )
 _TEXT_FEATURES = Features({"id": Value("string"), "domain": Value("string"), "text": Value("string")})
@@ -56,10 +57,17 @@ def as_documents(dataset: Dataset) -> Documents:
 
 
 def multiple_choice(suite_dir: str | None = None, **_: Any) -> dict[str, Dataset]:
-    """The multiple-choice items as a `test` split: id, domain, question, choices, answer."""
+    """The multiple-choice items as a `test` split: id, domain, question, choices, answer, group."""
     suite = load_general_suite(suite_dir)
     rows = [
-        {"id": m.id, "domain": m.domain, "question": m.question, "choices": list(m.choices), "answer": m.answer}
+        {
+            "id": m.id,
+            "domain": m.domain,
+            "question": m.question,
+            "choices": list(m.choices),
+            "answer": m.answer,
+            "group": m.group,
+        }
         for m in suite.mc_items
     ]
     return {"test": _dataset(rows, _MC_FEATURES)}
