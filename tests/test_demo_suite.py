@@ -28,7 +28,7 @@ from pipeline.demo.general_world import relations
 from pipeline.demo.replay_questions import LINES_PER_TEXT, REPLAY_ASK, replay_quiz_lines
 from pipeline.demo.world_corpus import world_dialogues, world_texts
 from pipeline.evaluate.general_suite import load_general_suite
-from pipeline.train.replay import exclude_suite, read_texts, suite_texts
+from pipeline.train.replay import corpus_jsonl, exclude_suite, read_texts, suite_texts
 
 
 def test_shipped_suite_is_the_generated_one() -> None:
@@ -123,8 +123,11 @@ def test_a_world_base_builds_and_ships_its_replay_file(tmp_path: Path) -> None:
         head, _, quiz = row.partition(text + "\n\n")
         assert head == "" and len(quiz.split("\n")) == 2 * LINES_PER_TEXT, row
     assert exclude_suite(replay, suite_texts(SUITE_DIR))[1] == 0
-    # A base cached before the replay file was shipped gets it on the next load.
+    # A base cached before the replay file was shipped gets it on the next load, and one cached with other
+    # replay questions (an older pipeline/demo/replay_questions.py) gets the current ones.
     (out / REPLAY_FILE).unlink()
+    assert build_demo_base(tmp_path, settings) == out and read_texts(out / REPLAY_FILE) == replay
+    (out / REPLAY_FILE).write_text(corpus_jsonl(texts))
     assert build_demo_base(tmp_path, settings) == out and read_texts(out / REPLAY_FILE) == replay
 
 

@@ -138,10 +138,21 @@ def _write_corpus(model_dir: Path, s: DemoBaseSettings) -> None:
     `REPLAY_PARAGRAPHS` to a row; each written to a temp name and renamed: never half a file)."""
     texts, _ = s.parts()
     if s.corpus == "world":
-        rows = _grouped(texts, REPLAY_PARAGRAPHS)
-        _write_atomically(model_dir / REPLAY_FILE, corpus_jsonl(replay_texts(rows)))
+        _write_atomically(model_dir / REPLAY_FILE, _replay_content(texts))
         texts = _grouped(texts, WORLD_DOC_PARAGRAPHS)
     _write_atomically(model_dir / CORPUS_FILE, corpus_jsonl(texts))
+
+
+def _replay_content(texts: tuple[str, ...]) -> str:
+    return corpus_jsonl(replay_texts(_grouped(texts, REPLAY_PARAGRAPHS)))
+
+
+def _refresh_replay(model_dir: Path, s: DemoBaseSettings) -> None:
+    """Rewrite a cached base's `REPLAY_FILE` when pipeline/demo/replay_questions.py now generates another one
+    (about a second; the weights do not depend on it)."""
+    content = _replay_content(s.parts()[0])
+    if (model_dir / REPLAY_FILE).read_text() != content:
+        _write_atomically(model_dir / REPLAY_FILE, content)
 
 
 def _grouped(texts: tuple[str, ...], k: int) -> tuple[str, ...]:
@@ -161,6 +172,8 @@ def build_demo_base(cache_root: str | Path, settings: DemoBaseSettings = DemoBas
         shipped = [CORPUS_FILE, REPLAY_FILE] if settings.corpus == "world" else [CORPUS_FILE]
         if not all((out / name).is_file() for name in shipped):  # cached before these files were shipped with it
             _write_corpus(out, settings)
+        elif settings.corpus == "world":  # the replay questions are code, not weights: a base keeps the current ones
+            _refresh_replay(out, settings)
         return out
     started = time.perf_counter()
     torch.manual_seed(settings.seed)

@@ -10,7 +10,7 @@ about 30 of the 261 multiple-choice items flipped. A real replay set (general in
 many ways; these lines stand in for that breadth. With `train.replay.loss: kl` their answers are not taught:
 each position's target is the base's own prediction.
 
-The wordings here are instructions and inverted questions ("Tell me ...", "Name ...", "... eats what?"): none
+The wordings here are requests and inverted questions ("Tell me ...", "Do you know ...", "... eats what?"): none
 is a corpus wording (`Relation.ask`) or the suite's (`Relation.suite_ask`), and no line contains a suite
 question (tests/test_demo_suite.py); the replay's suite-exclusion rule checks the file again at every run.
 """
@@ -22,30 +22,38 @@ from collections.abc import Sequence
 
 from pipeline.demo.general_world import capitalised, relations, with_article
 
-# Per relation (general_world.relations()): wordings with {s} (subject) and {a_s} ("a"/"an" + subject).
+# Per relation (general_world.relations()): what is asked, as a noun phrase, and one inverted question. Slots:
+# {s} (subject) and {a_s} ("a"/"an" + subject).
+_ASKED: dict[str, tuple[str, str]] = {
+    "animal_home": ("the home of {a_s}", "{a_s} lives where?"),
+    "animal_food": ("the food of {a_s}", "{a_s} eats what?"),
+    "animal_sound": ("the sound of {a_s}", "{a_s} goes how?"),
+    "capital": ("the capital city of {s}", "{s} has its capital where?"),
+    "continent": ("the continent of {s}", "{s} is on what continent?"),
+    "language": ("the language spoken in {s}", "People in {s} speak what?"),
+    "food_kind": ("the kind of food {a_s} is", "{a_s} is what kind of food?"),
+    "food_colour": ("the colour of {a_s}", "{a_s} is what colour?"),
+    "object_room": ("the room where the {s} is kept", "The {s} is kept in what room?"),
+    "object_use": ("the use of the {s}", "The {s} is used for what?"),
+    "workplace": ("the workplace of {a_s}", "{a_s} works where?"),
+    "season": ("the season of {s}", "{s} is in what season?"),
+    "next_month": ("the month after {s}", "After {s} comes what month?"),
+    "next_day": ("the day after {s}", "After {s} comes what day?"),
+}
+# Requests around the noun phrase: breadth of form, which is what the suite's questions test. Measured
+# (bench/results/demo_learning.md, e50-e54): eight forms per relation instead of three kept more held-out fares
+# (18/27 against 15/27) and flipped fewer multiple-choice items, at the same number of replay tokens.
+_REQUESTS = (
+    "Tell me {P}.",
+    "Name {P}.",
+    "Do you know {P}?",
+    "Could you say {P}?",
+    "I would like to know {P}.",
+    "Remind me of {P}.",
+    "Give me {P}, please.",
+)
 REPLAY_ASK: dict[str, tuple[str, ...]] = {
-    "animal_home": ("Tell me where {a_s} lives.", "Name the home of {a_s}.", "{a_s} lives where?"),
-    "animal_food": ("Tell me what {a_s} eats.", "Name the food of {a_s}.", "{a_s} eats what?"),
-    "animal_sound": ("Tell me the sound of {a_s}.", "Name the call of {a_s}.", "{a_s} goes how?"),
-    "capital": ("Tell me the capital of {s}.", "Name the capital city of {s}.", "{s} has its capital where?"),
-    "continent": ("Tell me the continent of {s}.", "Name the continent {s} is on.", "{s} is on what continent?"),
-    "language": ("Tell me the language of {s}.", "Name the language spoken in {s}.", "People in {s} speak what?"),
-    "food_kind": (
-        "Tell me what kind of food {a_s} is.",
-        "Name the kind of food {a_s} is.",
-        "{a_s} is what kind of food?",
-    ),
-    "food_colour": ("Tell me the colour of {a_s}.", "Name the colour of {a_s}.", "{a_s} is what colour?"),
-    "object_room": (
-        "Tell me the room where the {s} is kept.",
-        "Name the room with the {s}.",
-        "The {s} is kept in what room?",
-    ),
-    "object_use": ("Tell me what the {s} is used for.", "Name the use of the {s}.", "The {s} is used for what?"),
-    "workplace": ("Tell me where {a_s} works.", "Name the workplace of {a_s}.", "{a_s} works where?"),
-    "season": ("Tell me the season of {s}.", "Name the season {s} is in.", "{s} is in what season?"),
-    "next_month": ("Tell me the month after {s}.", "Name the month after {s}.", "After {s} comes what month?"),
-    "next_day": ("Tell me the day after {s}.", "Name the day after {s}.", "After {s} comes what day?"),
+    rel: (*(r.replace("{P}", phrase) for r in _REQUESTS), inverted) for rel, (phrase, inverted) in _ASKED.items()
 }
 # Question lines after each replay row. Measured (bench/results/demo_learning.md, multiple-choice items the demo
 # adapter flips): 30-36 without them; rows of four paragraphs with 4, 8 or 16 lines 19-23 (more lines cost
