@@ -124,10 +124,14 @@ def _verdict(passed: bool, version: str | None) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    # The demo's models are small: one intra-op thread trains them about as fast as two on an idle 2-core
-    # machine, and two threads ran 10x slower per step on a busy one (pipeline/demo/demo_base.py; a fresh
-    # `make demo` beside another job crawled at 3 s/step). Set before torch is imported; OMP_NUM_THREADS wins.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Threads: torch's default (one per core) trains the demo 1.4x faster on an idle 2-core machine but several
+    # times slower beside one busy process (a fresh `make demo` beside another job crawled at 3 s/step). So
+    # torch starts with one thread and training's governor (pipeline/train/cpu_threads.py) gives it the cores
+    # the rest of the machine leaves idle, re-checked every few seconds. Set before torch is imported; an
+    # OMP_NUM_THREADS of your own wins and turns the governor off.
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ.setdefault("LORA_PIPELINE_CPU_THREADS", "auto")  # pipeline.train.cpu_threads.ENV
     from pipeline.demo.runner import run_demo, use_demo_prefect_home
 
     use_demo_prefect_home(args.dir)

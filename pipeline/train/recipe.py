@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 from pipeline.chat_format import IGNORE_INDEX, Example, build_examples, load_tokenizer
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.train.cpu_threads import cpu_thread_governor
 from pipeline.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -170,6 +171,7 @@ def train_adapter(
     start = time.perf_counter()
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="training adapter", unit="step", disable=not env.is_main)
+    threads = cpu_thread_governor(device)  # None unless LORA_PIPELINE_CPU_THREADS=auto on a CPU run
     order_epoch, order = -1, np.empty(0, dtype=np.int64)
     while step < total_steps:
         epoch, position = divmod(step, per_epoch)
@@ -244,7 +246,10 @@ def train_adapter(
         if env.is_main and on_step is not None:
             on_step(log)
         bar.update(1)
-        bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}")
+        if threads is None:
+            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}")
+        else:
+            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}", threads=threads.tick())
         if _every(step, t.checkpoint_every_steps) or (t.checkpoint_every_steps and step == total_steps):
             if env.is_main:
                 state = {
@@ -259,6 +264,8 @@ def train_adapter(
                 save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
             barrier(env)
     bar.close()
+    if threads is not None:
+        threads.restore()
     wall = time.perf_counter() - start
     train_time = wall - eval_time  # throughput and MFU count training only, not held-out scoring
 
