@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.demo.demo_base import DemoBaseSettings, build_demo_base
 from pipeline.train import cpu_threads
 from pipeline.train.cpu_threads import CpuSample, ThreadGovernor, cpu_thread_governor, read_sample, threads_for
 from pipeline.train.recipe import train_adapter
@@ -126,3 +127,28 @@ def test_switching_threads_mid_run_trains_the_same_adapter(
     weights = "adapter_model.safetensors"
     assert (tmp_path / "plain" / weights).read_bytes() == (tmp_path / "switched" / weights).read_bytes()
     assert torch.get_num_threads() == before
+
+
+def test_the_demo_base_is_the_same_whatever_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo base's pretraining runs under the governor too; its weights (and so its cache name, which does not
+    record the threads used) must not depend on it."""
+    settings = DemoBaseSettings(corpus="world", steps=12, world_paragraphs=120)
+    monkeypatch.delenv(cpu_threads.ENV, raising=False)
+    plain = build_demo_base(tmp_path / "plain", settings)
+    monkeypatch.setenv(cpu_threads.ENV, "auto")
+    monkeypatch.setattr(cpu_threads, "available_cores", lambda: 2)
+    flips = iter(range(10**6))
+    monkeypatch.setattr(cpu_threads, "threads_for", lambda cores, others: 1 + next(flips) % 2)
+    monkeypatch.setattr(ThreadGovernor, "__init__", _eager_init)
+    switched = build_demo_base(tmp_path / "switched", settings)
+    assert next(flips) >= 10  # it did switch, at every step
+    weights = "model.safetensors"
+    assert (plain / weights).read_bytes() == (switched / weights).read_bytes()
+
+
+_init = ThreadGovernor.__init__
+
+
+def _eager_init(self: ThreadGovernor, cores: int, **kw: object) -> None:
+    _init(self, cores, **kw)  # type: ignore[arg-type]
+    self.interval_s = 0.0

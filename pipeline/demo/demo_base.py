@@ -32,6 +32,7 @@ from pipeline.demo.corpus import Dialogue, general_dialogues, general_texts
 from pipeline.demo.replay_questions import replay_texts
 from pipeline.demo.tiny_model import build_tokenizer
 from pipeline.demo.world_corpus import CORPUS_PARAGRAPHS, world_dialogues, world_texts
+from pipeline.train.cpu_threads import cpu_thread_governor
 from pipeline.train.replay import corpus_jsonl
 
 MARKER = "demo_base.json"
@@ -63,9 +64,9 @@ class DemoBaseSettings:
     steps: int = 800  # about 12 passes over the corpus: the suite by heart, travel English fluent
     learning_rate: float = 3e-3
     seed: int = 0
-    # One intra-op thread: a model this small gains little from two, and on a 2-core machine shared with
-    # other jobs two threads ran 10x slower per step (2.15 s vs 0.22 s measured at load 7). Also bitwise
-    # reproducible across machines with different core counts.
+    # One intra-op thread unless the CPU thread governor runs (LORA_PIPELINE_CPU_THREADS=auto, which the demo sets:
+    # the idle cores, pipeline/train/cpu_threads.py): on a 2-core machine shared with other jobs a fixed two ran 10x
+    # slower per step (2.15 s vs 0.22 s at load 7). The weights do not depend on the thread count (tested).
     threads: int = 1
     corpus_version: int = 2  # bump when pipeline/demo/corpus.py changes what it generates
     # "world": pipeline/demo/world_corpus.py, a base that generalises, for the held-out suite
@@ -118,6 +119,9 @@ def _pretrain(model: LlamaForCausalLM, stream: list[int], s: DemoBaseSettings) -
     model.train()
     loss_value = float("nan")
     bar = tqdm(range(s.steps), desc="pretraining the demo base", unit="step")
+    # LORA_PIPELINE_CPU_THREADS=auto (the demo): the idle cores instead of `s.threads`; the weights are the same
+    # bit for bit (tests/test_cpu_threads.py), so the setting stays in the cache name unchanged.
+    threads = cpu_thread_governor(torch.device("cpu"))
     for _ in bar:
         starts = torch.randint(len(data) - s.block_size - 1, (s.batch_size,), generator=g)
         batch = torch.stack([data[i : i + s.block_size] for i in starts.tolist()])  # (B, T)
@@ -128,7 +132,12 @@ def _pretrain(model: LlamaForCausalLM, stream: list[int], s: DemoBaseSettings) -
         sched.step()
         opt.zero_grad(set_to_none=True)
         loss_value = float(loss.detach())
-        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if threads is None:
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        else:
+            bar.set_postfix(loss=f"{loss_value:.3f}", threads=threads.tick())
+    if threads is not None:
+        threads.restore()
     model.eval()
     return loss_value
 
