@@ -53,8 +53,9 @@ def test_demo_yaml_loads() -> None:
     cfg = load_config(Path(str(files("pipeline.demo") / "demo.yaml")))
     assert cfg.lora.target_modules == "all-linear" and cfg.lora.r == 64
     assert cfg.train.learning_rate == pytest.approx(2e-3) != PipelineConfig().train.learning_rate
-    assert cfg.train.epochs == 12 != PipelineConfig().train.epochs
-    assert cfg.train.replay.ratio == 1.0 != PipelineConfig().train.replay.ratio
+    assert cfg.train.epochs == 14 != PipelineConfig().train.epochs
+    assert cfg.train.replay.ratio == 0.75 != PipelineConfig().train.replay.ratio
+    assert cfg.train.replay.weight == pytest.approx(1.333) != PipelineConfig().train.replay.weight
     assert cfg.train.replay.loss == "kl" != PipelineConfig().train.replay.loss
     # The demo's held-out suite, named relative to demo.yaml: found from any working directory.
     assert Path(str(cfg.eval.general_suite)) == Path(str(files("pipeline.demo") / "general_suite"))
