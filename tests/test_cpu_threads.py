@@ -47,7 +47,14 @@ class _Machine:
 
 def test_governor_starts_at_one_thread_and_follows_the_neighbours() -> None:
     m = _Machine()
-    gov = ThreadGovernor(2, interval_s=5.0, sample=m.sample, set_threads=m.set_calls.append, get_threads=lambda: 1)
+    gov = ThreadGovernor(
+        2,
+        interval_s=5.0,
+        sample=m.sample,
+        clock=lambda: m.now.at,
+        set_threads=m.set_calls.append,
+        get_threads=lambda: 1,
+    )
     assert gov.threads == 1 and m.set_calls == [1]
     m.advance(2.0, others=0.0, own=1.0)
     assert gov.tick() == 1  # not a whole interval yet
@@ -61,6 +68,37 @@ def test_governor_starts_at_one_thread_and_follows_the_neighbours() -> None:
     assert gov.tick() == 2
     gov.restore()
     assert m.set_calls[-1] == 1 and gov.threads == 1
+
+
+def test_between_intervals_a_step_reads_only_the_clock() -> None:
+    """tick() runs on every training step: /proc/stat is read once per interval, not once per step."""
+    reads: list[float] = []
+    now = [0.0]
+
+    def sample() -> CpuSample:
+        reads.append(now[0])
+        return CpuSample(busy=0.0, own=now[0], at=now[0])
+
+    gov = ThreadGovernor(2, interval_s=5.0, sample=sample, clock=lambda: now[0], set_threads=lambda n: None)
+    for _ in range(100):
+        now[0] += 0.25
+        gov.tick()
+    assert reads == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
+
+
+def test_threads_are_put_back_when_the_loop_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_threads.ENV, "auto")
+    monkeypatch.setattr(cpu_threads, "available_cores", lambda: 2)
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="step failed"), cpu_threads.cpu_threads(torch.device("cpu")) as step:
+        assert torch.get_num_threads() == 1 and set(step()) == {"threads"}
+        torch.set_num_threads(2)  # as the governor would on an idle machine
+        raise RuntimeError("step failed")
+    assert torch.get_num_threads() == before
+    monkeypatch.delenv(cpu_threads.ENV)
+    with cpu_threads.cpu_threads(torch.device("cpu")) as step:
+        assert step() == {}  # off: nothing for the progress bar, the count untouched
+    assert torch.get_num_threads() == before
 
 
 def test_governor_without_cpu_samples_leaves_threads_alone() -> None:

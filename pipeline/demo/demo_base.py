@@ -32,7 +32,7 @@ from pipeline.demo.corpus import Dialogue, general_dialogues, general_texts
 from pipeline.demo.replay_questions import replay_texts
 from pipeline.demo.tiny_model import build_tokenizer
 from pipeline.demo.world_corpus import CORPUS_PARAGRAPHS, world_dialogues, world_texts
-from pipeline.train.cpu_threads import cpu_thread_governor
+from pipeline.train.cpu_threads import cpu_threads
 from pipeline.train.replay import corpus_jsonl
 
 MARKER = "demo_base.json"
@@ -121,23 +121,18 @@ def _pretrain(model: LlamaForCausalLM, stream: list[int], s: DemoBaseSettings) -
     bar = tqdm(range(s.steps), desc="pretraining the demo base", unit="step")
     # LORA_PIPELINE_CPU_THREADS=auto (the demo): the idle cores instead of `s.threads`; the weights are the same
     # bit for bit (tests/test_cpu_threads.py), so the setting stays in the cache name unchanged.
-    threads = cpu_thread_governor(torch.device("cpu"))
-    for _ in bar:
-        starts = torch.randint(len(data) - s.block_size - 1, (s.batch_size,), generator=g)
-        batch = torch.stack([data[i : i + s.block_size] for i in starts.tolist()])  # (B, T)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss_value = float(loss.detach())
-        if threads is None:
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        else:
-            bar.set_postfix(loss=f"{loss_value:.3f}", threads=threads.tick())
-    if threads is not None:
-        threads.restore()
+    with cpu_threads(torch.device("cpu")) as step_threads:
+        for _ in bar:
+            starts = torch.randint(len(data) - s.block_size - 1, (s.batch_size,), generator=g)
+            batch = torch.stack([data[i : i + s.block_size] for i in starts.tolist()])  # (B, T)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss_value = float(loss.detach())
+            bar.set_postfix(loss=f"{loss_value:.3f}", **step_threads())
     model.eval()
     return loss_value
 

@@ -59,10 +59,10 @@ def _clusters(groups: Sequence[str], n: int) -> np.ndarray:
     """Cluster index per item: items sharing a non-empty group are one cluster; an empty group is its own."""
     if len(groups) != n:
         raise ValueError(f"groups: {len(groups)} labels for {n} items")
-    index: dict[str, int] = {}
+    index: dict[str | int, int] = {}
     out = np.empty(n, dtype=np.int64)
     for i, g in enumerate(groups):
-        out[i] = index.setdefault(g if g else f"\0item{i}", len(index))
+        out[i] = index.setdefault(g or i, len(index))  # an ungrouped item is keyed by its position
     return out
 
 

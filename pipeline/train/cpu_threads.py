@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,7 @@ class ThreadGovernor:
         *,
         interval_s: float = 5.0,
         sample: Callable[[], CpuSample | None] = read_sample,
+        clock: Callable[[], float] = time.monotonic,
         set_threads: Callable[[int], None] = torch.set_num_threads,
         get_threads: Callable[[], int] = torch.get_num_threads,
     ) -> None:
@@ -87,6 +89,7 @@ class ThreadGovernor:
         self._initial = get_threads()
         self.interval_s = interval_s
         self._sample = sample
+        self._clock = clock
         self._set = set_threads
         self.threads = 1
         self.changes = 0
@@ -99,11 +102,12 @@ class ThreadGovernor:
         self.threads = self._initial
 
     def tick(self) -> int:
-        """The thread count in effect after this call."""
-        if self._last is None:
+        """The thread count in effect after this call. Between intervals only the clock is read (a training step's
+        hot path), never /proc/stat."""
+        if self._last is None or self._clock() - self._last.at < self.interval_s:
             return self.threads
         now = self._sample()
-        if now is None or now.at - self._last.at < self.interval_s:
+        if now is None or now.at <= self._last.at:
             return self.threads
         wall = now.at - self._last.at
         others = max(0.0, (now.busy - self._last.busy) - (now.own - self._last.own)) / wall
@@ -114,6 +118,21 @@ class ThreadGovernor:
             self.threads = want
             self.changes += 1
         return self.threads
+
+
+@contextmanager
+def cpu_threads(device: torch.device) -> Iterator[Callable[[], dict[str, int]]]:
+    """Around a training loop: yields a function to call once a step, which lets the governor re-decide when due and
+    returns the progress bar's `threads` entry (`{}` when no governor runs). Torch's thread count is put back on
+    the way out, also when the loop raises (a retried task in the same process starts from it again)."""
+    governor = cpu_thread_governor(device)
+    if governor is None:
+        yield dict
+        return
+    try:
+        yield lambda: {"threads": governor.tick()}
+    finally:
+        governor.restore()
 
 
 def cpu_thread_governor(device: torch.device) -> ThreadGovernor | None:

@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 from pipeline.chat_format import IGNORE_INDEX, Example, build_examples, load_tokenizer
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
-from pipeline.train.cpu_threads import cpu_thread_governor
+from pipeline.train.cpu_threads import cpu_threads
 from pipeline.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -171,101 +171,97 @@ def train_adapter(
     start = time.perf_counter()
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="training adapter", unit="step", disable=not env.is_main)
-    threads = cpu_thread_governor(device)  # None unless LORA_PIPELINE_CPU_THREADS=auto on a CPU run
-    order_epoch, order = -1, np.empty(0, dtype=np.int64)
-    while step < total_steps:
-        epoch, position = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(len(train_ex), epoch, t)
-        group = step_group(order, position, t)
-        step_start = time.perf_counter()
-        batches = [[train_ex[i] for i in mb] for mb in group]
-        # Normalize by the group's response tokens so accumulation (and DDP) equals one large batch.
-        n_tokens = sum(_label_tokens(ex) for mb in batches for ex in mb)
-        loss_sum, real, slots = 0.0, 0, 0
-        for k, mb in enumerate(batches):
-            mine, weight = mb[env.rank :: env.world], 1.0
-            if not mine:  # more ranks than examples: run a zero-weight example so every rank syncs
-                mine, weight = mb[:1], 0.0
-            batch = make_batch(
-                mine,
-                packing=t.packing,
-                capacity=sum(len(e.input_ids) for e in mine) if flash else config.data.max_length,
-                pad_id=pad_id,
-                device=device,
+    # The CPU thread governor when LORA_PIPELINE_CPU_THREADS=auto on a CPU run; torch's count is put back after.
+    with cpu_threads(device) as step_threads:
+        order_epoch, order = -1, np.empty(0, dtype=np.int64)
+        while step < total_steps:
+            epoch, position = divmod(step, per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(len(train_ex), epoch, t)
+            group = step_group(order, position, t)
+            step_start = time.perf_counter()
+            batches = [[train_ex[i] for i in mb] for mb in group]
+            # Normalize by the group's response tokens so accumulation (and DDP) equals one large batch.
+            n_tokens = sum(_label_tokens(ex) for mb in batches for ex in mb)
+            loss_sum, real, slots = 0.0, 0, 0
+            for k, mb in enumerate(batches):
+                mine, weight = mb[env.rank :: env.world], 1.0
+                if not mine:  # more ranks than examples: run a zero-weight example so every rank syncs
+                    mine, weight = mb[:1], 0.0
+                batch = make_batch(
+                    mine,
+                    packing=t.packing,
+                    capacity=sum(len(e.input_ids) for e in mine) if flash else config.data.max_length,
+                    pad_id=pad_id,
+                    device=device,
+                )
+                sync = not env.enabled or k == len(batches) - 1
+                # Only positions whose next token is a response token go through lm_head: prompt and padding
+                # logits are never computed, and the scored ones exist one chunk at a time.
+                scored = torch.zeros_like(batch.labels, dtype=torch.bool)  # (B, T)
+                scored[:, :-1] = batch.labels[:, 1:] != IGNORE_INDEX
+                targets = batch.labels[:, 1:][scored[:, :-1]]  # (N,) row-major, as the hidden states are gathered
+                replay_at = batch.replay[:, 1:][scored[:, :-1]] if batch.replay is not None else None  # (N,)
+                with nullcontext() if sync else ddp.no_sync():
+                    with autocast:
+                        mb_loss = ddp(
+                            input_ids=batch.input_ids,
+                            attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids,
+                            scored=scored,
+                            targets=targets,
+                            replay=replay_at,
+                        )
+                    loss = mb_loss * weight / n_tokens
+                    # DDP averages gradients over ranks; each rank holds a part of the sum, so scale back up.
+                    (loss * env.world).backward()
+                loss_sum += float(loss.detach())
+                real += batch.real_tokens if weight else 0
+                slots += batch.slots if weight else 0
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_sum = all_reduce_sum(loss_sum, env, device)
+            real_all, slots_all = all_reduce_sum(real, env, device), all_reduce_sum(slots, env, device)
+            run_tokens += real_all
+            step_time = time.perf_counter() - step_start
+            eval_loss = float("nan")
+            if eval_ex and (step % per_epoch == 0 or step == total_steps or _every(step, t.eval_every_steps)):
+                eval_start = time.perf_counter()
+                eval_loss = _eval_loss(model, eval_ex, pad_id, config.eval.batch_size, device, env)
+                eval_time += time.perf_counter() - eval_start
+            log = StepLog(
+                step=step,
+                epoch=epoch,
+                loss=loss_sum,
+                learning_rate=lr,
+                grad_norm=grad_norm,
+                tokens_per_s=real_all / max(step_time, 1e-9),
+                padding_fraction=1.0 - real_all / max(slots_all, 1.0),
+                eval_loss=eval_loss,
             )
-            sync = not env.enabled or k == len(batches) - 1
-            # Only positions whose next token is a response token go through lm_head: prompt and padding
-            # logits are never computed, and the scored ones exist one chunk at a time.
-            scored = torch.zeros_like(batch.labels, dtype=torch.bool)  # (B, T)
-            scored[:, :-1] = batch.labels[:, 1:] != IGNORE_INDEX
-            targets = batch.labels[:, 1:][scored[:, :-1]]  # (N,) row-major, as the hidden states are gathered
-            replay_at = batch.replay[:, 1:][scored[:, :-1]] if batch.replay is not None else None  # (N,)
-            with nullcontext() if sync else ddp.no_sync():
-                with autocast:
-                    mb_loss = ddp(
-                        input_ids=batch.input_ids,
-                        attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids,
-                        scored=scored,
-                        targets=targets,
-                        replay=replay_at,
-                    )
-                loss = mb_loss * weight / n_tokens
-                # DDP averages gradients over ranks; each rank holds a part of the sum, so scale back up.
-                (loss * env.world).backward()
-            loss_sum += float(loss.detach())
-            real += batch.real_tokens if weight else 0
-            slots += batch.slots if weight else 0
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_sum = all_reduce_sum(loss_sum, env, device)
-        real_all, slots_all = all_reduce_sum(real, env, device), all_reduce_sum(slots, env, device)
-        run_tokens += real_all
-        step_time = time.perf_counter() - step_start
-        eval_loss = float("nan")
-        if eval_ex and (step % per_epoch == 0 or step == total_steps or _every(step, t.eval_every_steps)):
-            eval_start = time.perf_counter()
-            eval_loss = _eval_loss(model, eval_ex, pad_id, config.eval.batch_size, device, env)
-            eval_time += time.perf_counter() - eval_start
-        log = StepLog(
-            step=step,
-            epoch=epoch,
-            loss=loss_sum,
-            learning_rate=lr,
-            grad_norm=grad_norm,
-            tokens_per_s=real_all / max(step_time, 1e-9),
-            padding_fraction=1.0 - real_all / max(slots_all, 1.0),
-            eval_loss=eval_loss,
-        )
-        history.append(log)
-        if env.is_main and on_step is not None:
-            on_step(log)
-        bar.update(1)
-        if threads is None:
-            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}")
-        else:
-            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}", threads=threads.tick())
-        if _every(step, t.checkpoint_every_steps) or (t.checkpoint_every_steps and step == total_steps):
-            if env.is_main:
-                state = {
-                    "epoch": epoch,
-                    "config_fingerprint": config.fingerprint(),
-                    "dataset_hash": dataset_hash,
-                    "train_examples": task_rows,
-                    "replay": replay.record() if replay is not None else None,
-                    "wall_time_s": prior_wall + time.perf_counter() - start,
-                    "history": [asdict(h) for h in history],
-                }
-                save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
-            barrier(env)
+            history.append(log)
+            if env.is_main and on_step is not None:
+                on_step(log)
+            bar.update(1)
+            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{lr:.2e}", **step_threads())
+            if _every(step, t.checkpoint_every_steps) or (t.checkpoint_every_steps and step == total_steps):
+                if env.is_main:
+                    state = {
+                        "epoch": epoch,
+                        "config_fingerprint": config.fingerprint(),
+                        "dataset_hash": dataset_hash,
+                        "train_examples": task_rows,
+                        "replay": replay.record() if replay is not None else None,
+                        "wall_time_s": prior_wall + time.perf_counter() - start,
+                        "history": [asdict(h) for h in history],
+                    }
+                    save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, keep=t.keep_checkpoints)
+                barrier(env)
     bar.close()
-    if threads is not None:
-        threads.restore()
     wall = time.perf_counter() - start
     train_time = wall - eval_time  # throughput and MFU count training only, not held-out scoring
 
